@@ -1,0 +1,1 @@
+"""WarpCTC captcha recogniser on MindSpore."""

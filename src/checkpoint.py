@@ -1,0 +1,53 @@
+"""Loading checkpoints with one-line errors instead of MindSpore stack traces."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable
+
+import mindspore as ms
+from mindspore import nn
+
+
+def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
+    """Read a ``.ckpt`` file; ValueError naming the file when missing or unreadable."""
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path}: does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path}: is not a file")
+    try:
+        params = ms.load_checkpoint(path)
+    except Exception as err:  # MindSpore raises ValueError/RuntimeError with long texts
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path}: corrupt or not a MindSpore checkpoint ({first[:200]})") from None
+    if not params:
+        raise ValueError(f"checkpoint {path}: holds no parameters")
+    return params
+
+
+def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = None,
+              ignore: Iterable[str] = ()) -> Dict[str, ms.Parameter]:
+    """Load every parameter of ``net`` from ``path``; names and shapes must all match.
+
+    ``ignore`` lists checkpoint entries that are not loaded (e.g. a learning-rate table).
+    Returns the checkpoint's full dictionary (extra entries such as ``step_num`` included).
+    """
+    params = read_checkpoint(path) if params is None else params
+    ignore = set(ignore)
+    missing, mismatched = [], []
+    for param in net.get_parameters():
+        if param.name in ignore:
+            continue
+        stored = params.get(param.name)
+        if stored is None:
+            missing.append(param.name)
+        elif tuple(stored.shape) != tuple(param.shape):
+            mismatched.append(f"{param.name} {tuple(stored.shape)} vs {tuple(param.shape)}")
+    if missing:
+        raise ValueError(f"checkpoint {path}: does not fit this network, missing {len(missing)} parameter(s) "
+                         f"(e.g. {missing[0]})")
+    if mismatched:
+        raise ValueError(f"checkpoint {path}: was saved from a network of another shape "
+                         f"({mismatched[0]}; check --hidden_size/--captcha_height)")
+    to_load = {name: value for name, value in params.items() if name not in ignore}
+    ms.load_param_into_net(net, to_load, strict_load=True)
+    return params

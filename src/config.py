@@ -1,0 +1,151 @@
+"""The single source of truth for WarpCTC's parameters.
+
+Defaults live in :class:`Config`. Every entry point (``train.py``, ``eval.py``, ...) builds
+its parser with :func:`add_config_arguments`, so each field can be overridden on the
+command line (``--batch_size 32``) or from a YAML file (``--config_path my.yaml``).
+Precedence: defaults < YAML file < command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+
+@dataclass
+class Config:
+    """WarpCTC parameters; names and defaults follow the original model zoo's table."""
+
+    max_captcha_digits: int = field(default=4, metadata={"help": "max number of digits in each captcha"})
+    captcha_width: int = field(default=160, metadata={"help": "width of captcha images (= CTC sequence length)"})
+    captcha_height: int = field(default=64, metadata={"help": "height of captcha images"})
+    batch_size: int = field(default=64, metadata={"help": "batch size per device"})
+    epoch_size: int = field(default=30, metadata={"help": "training epochs (inference always uses 1)"})
+    hidden_size: int = field(default=512, metadata={"help": "hidden size of both LSTM layers"})
+    learning_rate: float = field(default=0.01, metadata={"help": "initial learning rate (x device count in data parallel)"})
+    momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD optimizer"})
+    save_checkpoint: bool = field(default=True, metadata={"help": "whether to save checkpoints"})
+    save_checkpoint_steps: int = field(default=97, metadata={"help": "steps between two checkpoints (the last step is always saved)"})
+    keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints"})
+    save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
+    # Not in the original's table, but fixed there in code; exposed so they are not hidden constants.
+    seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle"})
+    clip_global_norm: float = field(default=10.0, metadata={"help": "gradient clipping by global norm"})
+    num_parallel_workers: int = field(default=0, metadata={"help": "dataset workers; 0 = number of CPUs (capped at 8)"})
+
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _str2bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    # With `from __future__ import annotations` the annotation is a string.
+    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config_path`` and one ``--<name>`` option per :class:`Config` field."""
+    group = parser.add_argument_group("configuration (defaults from src/config.py)")
+    group.add_argument("--config_path", default=None,
+                       help="optional YAML file overriding the defaults; the command line overrides it")
+    for f in CONFIG_FIELDS.values():
+        kind = _field_type(f)
+        group.add_argument(f"--{f.name}", type=_str2bool if kind is bool else kind, default=None,
+                           metavar=kind.__name__.upper(),
+                           help=f"{f.metadata['help']} (default: {f.default})")
+    return parser
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _field_type(CONFIG_FIELDS[name])
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _str2bool(value)
+            except argparse.ArgumentTypeError as err:
+                raise ValueError(f"{source}: '{name}' {err}") from None
+        raise ValueError(f"{source}: '{name}' must be true or false, got {value!r}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ValueError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
+
+
+def load_yaml_overrides(path: str) -> dict:
+    """Read a YAML mapping of config overrides; unknown keys and wrong types are errors."""
+    import yaml  # only needed when a YAML file is given
+
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path}: not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of name: value, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"config file {path}: unknown key(s) {', '.join(map(str, unknown))}; "
+                         f"known: {', '.join(CONFIG_FIELDS)}")
+    return {name: _coerce(name, value, f"config file {path}") for name, value in data.items()}
+
+
+def validate(cfg: Config) -> Config:
+    """Reject values no run can use, naming the option."""
+    positive = ("max_captcha_digits", "captcha_width", "captcha_height", "batch_size", "epoch_size",
+                "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+    if not 0 <= cfg.momentum < 1:
+        raise ValueError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.clip_global_norm <= 0:
+        raise ValueError(f"--clip_global_norm must be positive, got {cfg.clip_global_norm}")
+    if cfg.num_parallel_workers < 0:
+        raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
+    return cfg
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the effective :class:`Config`: defaults, then the YAML file, then the command line."""
+    values = {}
+    if getattr(args, "config_path", None):
+        values.update(load_yaml_overrides(args.config_path))
+    for name in CONFIG_FIELDS:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return validate(Config(**values))
+
+
+def parse_config(argv: Optional[Sequence[str]] = None, description: str = "") -> Config:
+    """Parse only configuration options (for scripts with no arguments of their own)."""
+    parser = add_config_arguments(argparse.ArgumentParser(description=description))
+    return config_from_args(parser.parse_args(argv))
+
+
+def num_workers(cfg: Config) -> int:
+    """Dataset worker count: the configured value, else the CPU count capped at 8."""
+    if cfg.num_parallel_workers > 0:
+        return min(cfg.num_parallel_workers, os.cpu_count() or 1)
+    return max(1, min(8, os.cpu_count() or 1))

@@ -1,0 +1,60 @@
+"""The WarpCTC network: every pixel column is a time step of a 2-layer LSTM, then a dense layer."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.dataset import NUM_CLASSES, network_height
+
+
+class StackedRNN(nn.Cell):
+    """``(B, 3, H, W)`` images -> ``(W, B, num_classes)`` per-column logits.
+
+    Column ``w`` of the image is time step ``w``; its feature vector is the column's ``H`` rows
+    x 3 channels (``H * 3`` values, row-major: row, then channel). The LSTM starts from a zero
+    state. ``lstm_dtype=float16`` runs the LSTM in half precision (Ascend, as the original did)
+    while the dense layer and the output stay float32.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int = 512, num_layers: int = 2,
+                 num_classes: int = NUM_CLASSES, lstm_dtype=ms.float32):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_classes = num_classes
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, has_bias=True,
+                            batch_first=False, bidirectional=False)
+        self.fc = nn.Dense(hidden_size, num_classes)
+        self.lstm_dtype = lstm_dtype
+        if lstm_dtype != ms.float32:
+            self.lstm.to_float(lstm_dtype)
+
+    def construct(self, x):
+        batch, _, _, width = x.shape
+        x = ops.transpose(x, (3, 0, 2, 1))                    # (W, B, H, C)
+        x = ops.reshape(x, (width, batch, self.input_size))  # (W, B, H*C)
+        x = ops.cast(x, self.lstm_dtype)
+        y, _ = self.lstm(x)                                   # zero initial state
+        y = ops.cast(y, ms.float32)
+        y = self.fc(ops.reshape(y, (width * batch, self.hidden_size)))
+        return ops.reshape(y, (width, batch, self.num_classes))
+
+
+def parameter_count(input_size: int, hidden_size: int, num_layers: int = 2, num_classes: int = NUM_CLASSES) -> int:
+    """Closed-form parameter count: LSTM gates (4 per layer, two bias vectors each) + dense."""
+    total = 0
+    for layer in range(num_layers):
+        layer_in = input_size if layer == 0 else hidden_size
+        total += 4 * hidden_size * (layer_in + hidden_size) + 2 * 4 * hidden_size
+    return total + hidden_size * num_classes + num_classes
+
+
+def lstm_dtype_for(platform: str):
+    """The one platform difference of the network: Ascend runs the LSTM in float16."""
+    return ms.float16 if platform == "Ascend" else ms.float32
+
+
+def create_warpctc(cfg, platform: str = "CPU") -> StackedRNN:
+    """The network for a :class:`src.config.Config` on a platform (used by train, eval and hub)."""
+    return StackedRNN(input_size=network_height(cfg.captcha_height) * 3, hidden_size=cfg.hidden_size,
+                      lstm_dtype=lstm_dtype_for(platform))

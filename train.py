@@ -1,0 +1,134 @@
+"""Train WarpCTC: ``python train.py --dataset_path data/train [--platform CPU] [options]``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+from src.config import Config, add_config_arguments, config_from_args, num_workers
+from src.runtime import PLATFORMS, RunInfo, set_up
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the WarpCTC captcha recogniser.")
+    parser.add_argument("--dataset_path", required=True, help="folder of training PNGs (<index>-<digits>.png)")
+    parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
+    parser.add_argument("--run_distribute", action="store_true",
+                        help="data-parallel training; the process must be started by a launcher "
+                             "(scripts/run_distribute_train*.sh)")
+    parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU; default: $DEVICE_ID or 0)")
+    parser.add_argument("--resume_checkpoint", default=None,
+                        help="continue a training from this checkpoint: weights, optimizer momentum and "
+                             "the step/epoch position (the learning-rate schedule continues where it stopped)")
+    parser.add_argument("--dataset_sink_mode", choices=("auto", "on", "off"), default="auto",
+                        help="feed data through the device queue; auto = on for Ascend/GPU, off for CPU")
+    return add_config_arguments(parser)
+
+
+def _checkpoint_dir(cfg: Config, info: RunInfo) -> str:
+    # Every rank writes its own folder: ranks never race on one file name, and each rank's
+    # copy can be checked against the others (they must be identical after all-reduce).
+    if info.distributed:
+        return os.path.join(cfg.save_checkpoint_path, f"rank_{info.rank}")
+    return cfg.save_checkpoint_path
+
+
+def build_training(cfg: Config, info: RunInfo, dataset_path: str):
+    """Dataset, network, loss, optimizer and the one-step training cell of the recipe."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from src.dataset import create_dataset
+    from src.loss import CTCLoss
+    from src.lr_schedule import get_lr
+    from src.warpctc import create_warpctc
+    from src.warpctc_for_train import TrainOneStepCellWithGradClip
+
+    dataset = create_dataset(dataset_path, batch_size=cfg.batch_size, num_shards=info.group_size,
+                             shard_id=info.rank, device_target=info.platform,
+                             max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
+                             captcha_height=cfg.captcha_height, seed=cfg.seed, num_parallel_workers=num_workers(cfg))
+    steps_per_epoch = dataset.get_dataset_size()
+    # As in the original: the base rate scales with the number of devices (global batch grows).
+    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * info.group_size)
+    net = create_warpctc(cfg, info.platform)
+    loss = CTCLoss(max_sequence_length=cfg.captcha_width, batch_size=cfg.batch_size)
+    opt = nn.SGD(net.trainable_params(), learning_rate=ms.Tensor(lr), momentum=cfg.momentum)
+    train_cell = TrainOneStepCellWithGradClip(nn.WithLossCell(net, loss), opt, clip_norm=cfg.clip_global_norm)
+    train_cell.set_train()
+    return dataset, net, train_cell, steps_per_epoch
+
+
+def restore(train_cell, path: str) -> int:
+    """Load weights and optimizer state; return the global step the checkpoint was taken at."""
+    from src.checkpoint import load_into
+
+    # The learning-rate table is rebuilt from the configuration, not read back.
+    params = load_into(train_cell, path, ignore=("learning_rate",))
+    return int(params["global_step"].asnumpy().reshape(-1)[0])
+
+
+def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int) -> List:
+    from mindspore.train import CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
+
+    from src.callbacks import ResumePosition, StepCheckpoint
+
+    callbacks = [ResumePosition(start_step), LossMonitor(per_print_times=1), TimeMonitor(data_size=steps_per_epoch)]
+    if cfg.save_checkpoint:
+        ckpt_config = CheckpointConfig(save_checkpoint_steps=cfg.save_checkpoint_steps,
+                                       keep_checkpoint_max=cfg.keep_checkpoint_max,
+                                       crc_check=True, append_info=["epoch_num", "step_num"])
+        callbacks.append(StepCheckpoint(start_step, prefix="warpctc", directory=_checkpoint_dir(cfg, info),
+                                        config=ckpt_config))
+    return callbacks
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    import mindspore as ms
+    from mindspore.train import Model
+
+    info = set_up(args.platform, args.run_distribute, args.device_id)
+    ms.set_seed(cfg.seed)
+    dataset, _, train_cell, steps_per_epoch = build_training(cfg, info, args.dataset_path)
+    total_steps = cfg.epoch_size * steps_per_epoch
+    start_step = 0
+    if args.resume_checkpoint:
+        start_step = restore(train_cell, args.resume_checkpoint)
+        if start_step >= total_steps:
+            print(f"checkpoint {args.resume_checkpoint} is at step {start_step}: the {total_steps} steps of "
+                  f"--epoch_size {cfg.epoch_size} are already done; nothing to train")
+            return 0
+        # MindSpore's failover support: the pipeline restarts at exactly this global step
+        # (same epoch, same shuffle, the batches already trained on are skipped).
+        dataset.set_init_step(start_step)
+        print(f"resuming from {args.resume_checkpoint} at step {start_step} "
+              f"(epoch {start_step // steps_per_epoch + 1}, step {start_step % steps_per_epoch + 1} of "
+              f"{steps_per_epoch})", flush=True)
+    print(f"rank {info.rank}/{info.group_size} on {info.platform}: {steps_per_epoch} steps/epoch x "
+          f"{cfg.epoch_size} epochs, batch {cfg.batch_size}, lr {cfg.learning_rate * info.group_size:g}", flush=True)
+    sink = args.dataset_sink_mode == "on" or (args.dataset_sink_mode == "auto" and info.platform != "CPU")
+    model = Model(train_cell)
+    start = time.time()
+    model.train(cfg.epoch_size, dataset, callbacks=make_callbacks(cfg, info, steps_per_epoch, start_step),
+                dataset_sink_mode=sink, initial_epoch=start_step // steps_per_epoch)
+    print(f"training finished in {time.time() - start:.1f} s; checkpoints in "
+          f"{os.path.abspath(_checkpoint_dir(cfg, info))}", flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        return run(args, cfg)
+    except ValueError as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"train.py: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

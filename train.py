@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from src.config import Config, add_config_arguments, config_from_args, num_workers
 from src.runtime import PLATFORMS, RunInfo, set_up
@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(scripts/run_distribute_train*.sh)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU; default: $DEVICE_ID or 0)")
     parser.add_argument("--resume_checkpoint", default=None,
-                        help="continue a training from this checkpoint: weights, optimizer momentum and "
-                             "the step/epoch position (the learning-rate schedule continues where it stopped)")
+                        help="continue a training from this checkpoint, or from the furthest one in this "
+                             "folder: weights, optimizer momentum and the step/epoch position (the "
+                             "learning-rate schedule and the data order continue where they stopped)")
     parser.add_argument("--dataset_sink_mode", choices=("auto", "on", "off"), default="auto",
                         help="feed data through the device queue; auto = on for Ascend/GPU, off for CPU")
     return add_config_arguments(parser)
@@ -61,13 +62,15 @@ def build_training(cfg: Config, info: RunInfo, dataset_path: str):
     return dataset, net, train_cell, steps_per_epoch
 
 
-def restore(train_cell, path: str) -> int:
-    """Load weights and optimizer state; return the global step the checkpoint was taken at."""
-    from src.checkpoint import load_into
+def restore(train_cell, path: str) -> Tuple[str, int]:
+    """Load weights and optimizer state; return the file used and the global step it was taken at."""
+    from src.checkpoint import latest_checkpoint, load_into
 
-    # The learning-rate table is rebuilt from the configuration, not read back.
-    params = load_into(train_cell, path, ignore=("learning_rate",))
-    return int(params["global_step"].asnumpy().reshape(-1)[0])
+    if os.path.isdir(path):
+        path = latest_checkpoint(path)
+    # The learning-rate table and the momentum factor come from the configuration, not the file.
+    params = load_into(train_cell, path, ignore=("learning_rate", "momentum"))
+    return path, int(params["global_step"].asnumpy().reshape(-1)[0])
 
 
 def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int) -> List:
@@ -95,15 +98,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     total_steps = cfg.epoch_size * steps_per_epoch
     start_step = 0
     if args.resume_checkpoint:
-        start_step = restore(train_cell, args.resume_checkpoint)
+        resume_path, start_step = restore(train_cell, args.resume_checkpoint)
         if start_step >= total_steps:
-            print(f"checkpoint {args.resume_checkpoint} is at step {start_step}: the {total_steps} steps of "
+            print(f"checkpoint {resume_path} is at step {start_step}: the {total_steps} steps of "
                   f"--epoch_size {cfg.epoch_size} are already done; nothing to train")
             return 0
         # MindSpore's failover support: the pipeline restarts at exactly this global step
         # (same epoch, same shuffle, the batches already trained on are skipped).
         dataset.set_init_step(start_step)
-        print(f"resuming from {args.resume_checkpoint} at step {start_step} "
+        print(f"resuming from {resume_path} at step {start_step} "
               f"(epoch {start_step // steps_per_epoch + 1}, step {start_step % steps_per_epoch + 1} of "
               f"{steps_per_epoch})", flush=True)
     print(f"rank {info.rank}/{info.group_size} on {info.platform}: {steps_per_epoch} steps/epoch x "

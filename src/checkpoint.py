@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Dict, Iterable
 
 import mindspore as ms
@@ -51,3 +52,21 @@ def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = 
     to_load = {name: value for name, value in params.items() if name not in ignore}
     ms.load_param_into_net(net, to_load, strict_load=True)
     return params
+
+
+_CKPT_NAME = re.compile(r"^(?P<prefix>.+?)(?:_\d+)?-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
+
+
+def latest_checkpoint(folder: str, prefix: str = "warpctc") -> str:
+    """The checkpoint of ``folder`` furthest into training (by epoch, then step, then time)."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint folder {folder}: does not exist")
+    found = []
+    for name in os.listdir(folder):
+        match = _CKPT_NAME.match(name)
+        if match and match.group("prefix") == prefix:
+            path = os.path.join(folder, name)
+            found.append((int(match.group("epoch")), int(match.group("step")), os.path.getmtime(path), path))
+    if not found:
+        raise ValueError(f"checkpoint folder {folder}: holds no {prefix}-<epoch>_<step>.ckpt file")
+    return max(found)[-1]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train on one device.
+# Usage: bash run_standalone_train.sh [DATASET_PATH] [PLATFORM] [--foreground] [train.py options...]
+#   PLATFORM: Ascend, GPU or CPU. Runs in the background unless --foreground is given.
+#   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/standalone_train): log and checkpoints.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+usage="Usage: bash $(basename "$0") [DATASET_PATH] [PLATFORM] [--foreground] [train.py options...]"
+if [[ $# -lt 2 ]]; then
+    echo "$usage" >&2
+    exit 2
+fi
+dataset_path="$(resolve_path dir "$1")"
+platform="$2"
+check_platform "$platform"
+shift 2
+foreground=0
+if [[ "${1:-}" == "--foreground" ]]; then
+    foreground=1
+    shift
+fi
+run_dir="${WARPCTC_RUN_DIR:-$REPO_DIR/runs/standalone_train}"
+mkdir -p "$run_dir"
+run_dir="$(cd "$run_dir" && pwd)"
+log="$run_dir/train.log"
+echo "dataset: $dataset_path"
+echo "platform: $platform"
+echo "log: $log"
+echo "checkpoints: $run_dir/checkpoint (unless --save_checkpoint_path says otherwise)"
+cd "$run_dir"
+run_logged "$foreground" "$log" "$PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" \
+    --platform "$platform" "$@"

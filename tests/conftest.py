@@ -1,0 +1,50 @@
+"""Shared fixtures: small real captcha datasets rendered once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import process_data  # noqa: E402
+
+# Tiny network/run settings shared by the training tests: fast on 2 cores, still a real run.
+TINY = ["--hidden_size", "32", "--batch_size", "16"]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """``train`` (160 images) and ``test`` (64 images) folders of real captcha PNGs."""
+    root = tmp_path_factory.mktemp("captcha")
+    process_data.render_split(str(root / "train"), 160, seed=7, split="train", workers=2, progress=False)
+    process_data.render_split(str(root / "test"), 64, seed=7, split="test", workers=2, progress=False)
+    return root
+
+
+def run_py(args, cwd=None, timeout=300, env=None):
+    """Run a repository script with this interpreter; returns the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = REPO
+    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def run_bash(args, cwd=None, timeout=300, env=None):
+    """Run a launcher from scripts/ with bash; ``python3`` resolves to this interpreter."""
+    full_env = dict(os.environ)
+    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
+    full_env["PYTHON"] = sys.executable
+    full_env.update(env or {})
+    return subprocess.run(["bash"] + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def last_error_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
+    return lines[-1] if lines else ""

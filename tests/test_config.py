@@ -1,0 +1,48 @@
+"""src/config.py: defaults of the original, YAML and command-line overrides."""
+import argparse
+
+import pytest
+
+from src.config import Config, add_config_arguments, config_from_args
+
+
+def parse(argv):
+    return config_from_args(add_config_arguments(argparse.ArgumentParser()).parse_args(argv))
+
+
+def test_defaults_match_the_original_table():
+    cfg = parse([])
+    assert (cfg.max_captcha_digits, cfg.captcha_width, cfg.captcha_height) == (4, 160, 64)
+    assert (cfg.batch_size, cfg.epoch_size, cfg.hidden_size) == (64, 30, 512)
+    assert (cfg.learning_rate, cfg.momentum) == (0.01, 0.9)
+    assert (cfg.save_checkpoint, cfg.save_checkpoint_steps, cfg.keep_checkpoint_max) == (True, 97, 30)
+    assert cfg.save_checkpoint_path == "./checkpoint"
+
+
+def test_yaml_then_command_line_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_size: 8\nlearning_rate: 0.5\nsave_checkpoint: false\n")
+    cfg = parse(["--config_path", str(path), "--batch_size", "4"])
+    assert cfg.batch_size == 4 and cfg.learning_rate == 0.5 and cfg.save_checkpoint is False
+    assert cfg.hidden_size == Config().hidden_size
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batch_sise: 8\n", "unknown key"),
+    ("batch_size: eight\n", "'batch_size' must be int"),
+    ("- 1\n- 2\n", "expected a mapping"),
+    ("a: [\n", "invalid YAML"),
+])
+def test_bad_yaml_names_file_and_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        parse(["--config_path", str(path)])
+    assert str(path) in str(info.value)
+
+
+def test_invalid_values_rejected():
+    with pytest.raises(ValueError, match="--batch_size must be positive"):
+        parse(["--batch_size", "0"])
+    with pytest.raises(ValueError, match="not found"):
+        parse(["--config_path", "/nonexistent/x.yaml"])

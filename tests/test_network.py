@@ -1,0 +1,117 @@
+"""Network shape and size, CTC loss against a numpy reference, schedule, gradient clipping."""
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import nn
+
+from src.config import Config
+from src.dataset import BLANK, NUM_CLASSES, encode_label
+from src.loss import CTCLoss
+from src.lr_schedule import get_lr
+from src.warpctc import StackedRNN, create_warpctc, parameter_count
+from src.warpctc_for_train import TrainOneStepCellWithGradClip
+
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+
+
+def test_output_shape_dtype_and_zero_state_determinism():
+    net = create_warpctc(Config(hidden_size=32))
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((3, 3, 64, 160)).astype(np.float32))
+    out = net(x)
+    assert out.shape == (160, 3, NUM_CLASSES) and out.dtype == ms.float32
+    np.testing.assert_array_equal(out.asnumpy(), net(x).asnumpy())   # no state carried between calls
+
+
+def test_columns_are_time_steps():
+    """Changing only image column w must leave the outputs before step w unchanged."""
+    net = create_warpctc(Config(hidden_size=16))
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 160)).astype(np.float32)
+    y = x.copy()
+    y[:, :, :, 100] += 1.0
+    a, b = net(ms.Tensor(x)).asnumpy(), net(ms.Tensor(y)).asnumpy()
+    np.testing.assert_array_equal(a[:100], b[:100])
+    assert np.abs(a[100] - b[100]).max() > 0
+
+
+def test_parameter_count_matches_formula():
+    net = create_warpctc(Config())
+    counted = sum(int(np.prod(p.shape)) for p in net.trainable_params())
+    assert counted == parameter_count(192, 512) == 3_552_779
+
+
+def test_ascend_variant_runs_lstm_in_float16_with_float32_dense():
+    cfg = Config(hidden_size=32)
+    ms.set_seed(3)
+    net32 = create_warpctc(cfg, "CPU")
+    net16 = create_warpctc(cfg, "Ascend")
+    ms.load_param_into_net(net16, {p.name: p for p in net32.get_parameters()})
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 64, 160)).astype(np.float32))
+    out16, out32 = net16(x), net32(x)
+    assert out16.dtype == ms.float32 and net16.fc.weight.dtype == ms.float32
+    np.testing.assert_allclose(out16.asnumpy(), out32.asnumpy(), atol=5e-2)
+
+
+def ctc_reference(log_probs, label):
+    """Negative log-likelihood of ``label`` under (T, C) log-probabilities, plain forward algorithm."""
+    ext = [BLANK]
+    for c in label:
+        ext += [c, BLANK]
+    T, S = log_probs.shape[0], len(ext)
+    alpha = np.full((T, S), -np.inf)
+    alpha[0, 0] = log_probs[0, BLANK]
+    if S > 1:
+        alpha[0, 1] = log_probs[0, ext[1]]
+    for t in range(1, T):
+        for s in range(S):
+            terms = [alpha[t - 1, s]]
+            if s > 0:
+                terms.append(alpha[t - 1, s - 1])
+            if s > 1 and ext[s] != BLANK and ext[s] != ext[s - 2]:
+                terms.append(alpha[t - 1, s - 2])
+            alpha[t, s] = np.logaddexp.reduce(terms) + log_probs[t, ext[s]]
+    return -np.logaddexp(alpha[-1, -1], alpha[-1, -2] if S > 1 else -np.inf)
+
+
+def test_ctc_loss_equals_numpy_forward_algorithm():
+    T, labels = 12, ["7", "11", "305", "9999"]     # repeats need a blank between them
+    logits = np.random.default_rng(4).standard_normal((T, len(labels), NUM_CLASSES)).astype(np.float32)
+    coded = np.stack([encode_label(s) for s in labels])
+    loss = CTCLoss(max_sequence_length=T, batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected = np.mean([ctc_reference(log_probs[:, i], [int(c) for c in s]) for i, s in enumerate(labels)])
+    np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-4)
+
+
+def test_lr_schedule_steps_down_before_epochs_10_20_30():
+    lr = get_lr(epoch_size=30, step_size=5, lr_init=0.01)
+    assert lr.shape == (150,) and lr.dtype == np.float32
+    per_epoch = lr.reshape(30, 5)
+    assert (per_epoch == per_epoch[:, :1]).all()
+    expected = [0.01] * 9 + [0.001] * 10 + [0.0001] * 10 + [0.00001]
+    np.testing.assert_allclose(per_epoch[:, 0], expected, rtol=1e-5)
+    with pytest.raises(ValueError):
+        get_lr(0, 5, 0.01)
+
+
+def weights(net):
+    return [p.asnumpy().copy() for p in net.trainable_params()]
+
+
+@pytest.mark.parametrize("sens, expect_clipped", [(1e6, True), (1e-3, False)])
+def test_update_is_clipped_to_global_norm_10(sens, expect_clipped):
+    ms.set_seed(5)
+    net = StackedRNN(input_size=192, hidden_size=16)
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.standard_normal((4, 3, 64, 160)).astype(np.float32))
+    y = ms.Tensor(np.stack([encode_label(s) for s in ("1", "23", "456", "7890")]))
+    opt = nn.SGD(net.trainable_params(), learning_rate=1.0, momentum=0.0)   # update = -gradient
+    cell = TrainOneStepCellWithGradClip(nn.WithLossCell(net, CTCLoss(160, 4)), opt, clip_norm=10.0, sens=sens)
+    before = weights(net)
+    cell(x, y)
+    step_norm = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(weights(net), before)))
+    if expect_clipped:
+        np.testing.assert_allclose(step_norm, 10.0, rtol=1e-3)
+    else:
+        assert 0 < step_norm < 10.0

@@ -1,0 +1,138 @@
+"""train.py end to end on real PNGs: loss falls, checkpoints, exact resume after a kill, bad input."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import mindspore as ms
+import pytest
+
+from src.checkpoint import latest_checkpoint, load_into
+from src.config import Config
+from src.warpctc import create_warpctc
+from conftest import REPO, TINY, last_error_line, run_py
+
+TRAIN = os.path.join(REPO, "train.py")
+LOSS_LINE = re.compile(r"epoch: (\d+) step: (\d+), loss is ([0-9.eE+-]+)")
+
+
+def losses(stdout):
+    return [(int(e), int(s), float(v)) for e, s, v in LOSS_LINE.findall(stdout)]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """One uninterrupted tiny training: 3 epochs x 10 steps, checkpoint every 4 steps."""
+    work = tmp_path_factory.mktemp("train")
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--epoch_size", "3",
+                   "--save_checkpoint_steps", "4", "--keep_checkpoint_max", "3", "--learning_rate", "0.02"], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return work, proc.stdout
+
+
+def test_loss_falls_and_checkpoints_are_named_and_kept(trained):
+    work, stdout = trained
+    record = losses(stdout)
+    assert [(e, s) for e, s, _ in record] == [(e, s) for e in (1, 2, 3) for s in range(1, 11)]
+    first, last = record[0][2], np.mean([v for _, _, v in record[-5:]])
+    assert last < 0.2 * first, (first, last)
+    names = sorted(os.listdir(work / "checkpoint"))
+    # every 4 steps (global steps 4..28) plus the last step; only the newest 3 are kept
+    assert [n for n in names if n.endswith(".ckpt")] == ["warpctc-3_10.ckpt", "warpctc-3_4.ckpt", "warpctc-3_8.ckpt"]
+    assert latest_checkpoint(str(work / "checkpoint")).endswith("warpctc-3_10.ckpt")
+
+
+def test_checkpoint_loads_back_into_the_network(trained):
+    work, _ = trained
+    net = create_warpctc(Config(hidden_size=32))
+    params = load_into(net, str(work / "checkpoint" / "warpctc-3_10.ckpt"))
+    assert int(params["global_step"].asnumpy().reshape(-1)[0]) == 30
+    np.testing.assert_array_equal(net.fc.weight.asnumpy(), params["fc.weight"].asnumpy())
+    assert "accum.fc.weight" in params                 # SGD momentum state travels with it
+
+
+def test_resume_after_kill_continues_steps_schedule_and_data(data_root, trained, tmp_path):
+    _, reference = trained
+    args = [sys.executable, TRAIN, "--dataset_path", str(data_root / "train"), *TINY, "--epoch_size", "3",
+            "--save_checkpoint_steps", "4", "--keep_checkpoint_max", "3", "--learning_rate", "0.02"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    victim = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = tmp_path / "checkpoint"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and victim.poll() is None:
+            if ckpt_dir.exists() and any(n.startswith("warpctc-2_") for n in os.listdir(ckpt_dir)):
+                break
+            time.sleep(0.05)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    resume_from = latest_checkpoint(str(ckpt_dir))
+    step = int(ms.load_checkpoint(resume_from)["global_step"].asnumpy().reshape(-1)[0])
+    assert 0 < step < 30
+    before = set(os.listdir(ckpt_dir))
+    proc = run_py(args[1:] + ["--resume_checkpoint", str(ckpt_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"at step {step} " in proc.stdout
+    resumed = losses(proc.stdout)
+    # The step counter, the learning-rate schedule and the data order all continue: the
+    # resumed run reproduces the uninterrupted run's losses from the next step on.
+    expected = losses(reference)[step:]
+    assert [(e, s) for e, s, _ in resumed] == [(e, s) for e, s, _ in expected]
+    np.testing.assert_allclose([v for *_, v in resumed], [v for *_, v in expected], rtol=1e-4)
+    # Nothing already on disk was overwritten: the resumed run writes under a new prefix.
+    assert before <= set(os.listdir(ckpt_dir)) | {n for n in before if not n.endswith(".ckpt")}
+    assert latest_checkpoint(str(ckpt_dir)).endswith("-3_10.ckpt")
+
+
+def test_resume_of_finished_run_trains_nothing(data_root, trained, tmp_path):
+    work, _ = trained
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--epoch_size", "3",
+                   "--resume_checkpoint", work / "checkpoint" / "warpctc-3_10.ckpt"], cwd=tmp_path)
+    assert proc.returncode == 0 and "nothing to train" in proc.stdout
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def corrupt_copy(src, dst):
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "other_shape"])
+def test_bad_resume_checkpoint_is_one_line_error_and_nothing_is_written(data_root, trained, tmp_path, case):
+    work, _ = trained
+    good = work / "checkpoint" / "warpctc-3_10.ckpt"
+    hidden = "32"
+    if case == "missing":
+        path = tmp_path / "none.ckpt"
+        expected = f"checkpoint {path}: does not exist"
+    elif case == "corrupt":
+        path = tmp_path / "broken.ckpt"
+        corrupt_copy(good, path)
+        expected = f"checkpoint {path}: corrupt or not a MindSpore checkpoint"
+    else:
+        path, hidden = good, "48"
+        expected = f"checkpoint {path}: was saved from a network of another shape"
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", "--batch_size", "16", "--hidden_size", hidden,
+                   "--resume_checkpoint", path], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc).startswith(f"train.py: error: {expected}")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_unknown_platform_and_missing_dataset(tmp_path):
+    proc = run_py([TRAIN, "--dataset_path", tmp_path, "--platform", "TPU"])
+    assert proc.returncode == 2 and "invalid choice: 'TPU'" in proc.stderr
+    proc = run_py([TRAIN, "--dataset_path", tmp_path / "nope"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc) == f"train.py: error: dataset folder {tmp_path / 'nope'}: does not exist"
+
+
+def test_run_distribute_without_launcher_is_a_clear_error(data_root, tmp_path):
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", "--run_distribute"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc).startswith("train.py: error: --run_distribute needs a distributed launcher")

@@ -70,3 +70,23 @@ def latest_checkpoint(folder: str, prefix: str = "warpctc") -> str:
     if not found:
         raise ValueError(f"checkpoint folder {folder}: holds no {prefix}-<epoch>_<step>.ckpt file")
     return max(found)[-1]
+
+
+def load_network(path: str, cfg, platform: str = "CPU", hidden_size_given: bool = False):
+    """A :class:`src.warpctc.StackedRNN` with the weights of ``path``, ready for inference.
+
+    Unless the hidden size was set explicitly, it is read from the checkpoint, so a checkpoint
+    loads with nothing but its path.
+    """
+    import dataclasses
+
+    from src.warpctc import create_warpctc
+
+    params = read_checkpoint(path)
+    fc_weight = params.get("fc.weight")
+    if not hidden_size_given and fc_weight is not None and len(fc_weight.shape) == 2:
+        cfg = dataclasses.replace(cfg, hidden_size=int(fc_weight.shape[1]))
+    net = create_warpctc(cfg, platform)
+    load_into(net, path, params=params)
+    net.set_train(False)
+    return net

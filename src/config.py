@@ -126,8 +126,8 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the effective :class:`Config`: defaults, then the YAML file, then the command line."""
+def explicit_overrides(args: argparse.Namespace) -> dict:
+    """The values set by the YAML file or the command line (the latter winning), without defaults."""
     values = {}
     if getattr(args, "config_path", None):
         values.update(load_yaml_overrides(args.config_path))
@@ -135,7 +135,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given
-    return validate(Config(**values))
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the effective :class:`Config`: defaults, then the YAML file, then the command line."""
+    return validate(Config(**explicit_overrides(args)))
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, description: str = "") -> Config:

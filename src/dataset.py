@@ -127,6 +127,23 @@ def image_transforms(height: int, width: int) -> list:
     ]
 
 
+def _worker_count(requested: Optional[int]) -> int:
+    cpus = os.cpu_count() or 1
+    return max(1, min(requested or min(8, cpus), cpus))
+
+
+def _pipeline(source, column_names: List[str], batch_size: int, captcha_height: int, captcha_width: int,
+              workers: int, drop_remainder: bool, **sampling):
+    """``GeneratorDataset`` over ``source`` + the image transforms + batching (train, eval and predict)."""
+    import mindspore.dataset as ds
+
+    dataset = ds.GeneratorDataset(source, column_names=column_names, num_parallel_workers=workers,
+                                  python_multiprocessing=False, **sampling)
+    dataset = dataset.map(operations=image_transforms(captcha_height, captcha_width), input_columns="image",
+                          num_parallel_workers=workers)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
 def create_dataset(dataset_path: str, batch_size: int = 1, num_shards: int = 1, shard_id: int = 0,
                    device_target: str = "CPU", max_captcha_digits: int = 4, captcha_width: int = 160,
                    captcha_height: int = 64, shuffle: bool = True, seed: int = 1,
@@ -137,6 +154,8 @@ def create_dataset(dataset_path: str, batch_size: int = 1, num_shards: int = 1, 
     The label coding is the same on every ``device_target``, so checkpoints, the loss and the
     metric are portable across platforms. Every file is validated up front (name and image
     data) so a bad file fails here, naming the file, instead of deep inside the pipeline.
+    With several shards, every shard gets ``ceil(N / num_shards)`` samples (MindSpore's
+    distributed sampler repeats at most ``num_shards - 1`` so all ranks run the same steps).
     """
     import mindspore.dataset as ds
 
@@ -146,21 +165,40 @@ def create_dataset(dataset_path: str, batch_size: int = 1, num_shards: int = 1, 
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if num_shards <= 0 or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, num_shards), got shard_id={shard_id}, num_shards={num_shards}")
-    workers = num_parallel_workers or max(1, min(8, os.cpu_count() or 1))
-    workers = max(1, min(workers, os.cpu_count() or 1))
+    workers = _worker_count(num_parallel_workers)
 
     samples = list_samples(dataset_path, max_captcha_digits)
     if check_files:
         check_images([path for path, _ in samples], workers=max(workers, 4))
     per_shard = len(samples) // num_shards
-    if per_shard < batch_size or (not drop_remainder and per_shard == 0):
+    if drop_remainder and per_shard < batch_size:
         raise ValueError(f"dataset folder {dataset_path}: {len(samples)} images give {per_shard} per shard "
                          f"({num_shards} shard(s)), fewer than one batch of {batch_size}")
-
     ds.config.set_seed(seed)
-    dataset = ds.GeneratorDataset(CaptchaSource(samples, max_captcha_digits), column_names=["image", "label"],
-                                  shuffle=shuffle, num_shards=num_shards, shard_id=shard_id,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
-    dataset = dataset.map(operations=image_transforms(captcha_height, captcha_width), input_columns="image",
-                          num_parallel_workers=workers)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return _pipeline(CaptchaSource(samples, max_captcha_digits), ["image", "label"], batch_size, captcha_height,
+                     captcha_width, workers, drop_remainder, shuffle=shuffle, num_shards=num_shards,
+                     shard_id=shard_id)
+
+
+class _ImageOnlySource:
+    """index -> (BGR image, index): for images whose names carry no label."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        return load_bgr(self.paths[index]), np.array(index, dtype=np.int32)
+
+
+def create_predict_dataset(paths: Sequence[str], batch_size: int = 64, captcha_width: int = 160,
+                           captcha_height: int = 64, num_parallel_workers: Optional[int] = None):
+    """Batches of ``(image, index into paths)`` in order, through exactly the training transforms."""
+    if not paths:
+        raise ValueError("no images to predict")
+    workers = _worker_count(num_parallel_workers)
+    check_images(paths, workers=max(workers, 4))
+    return _pipeline(_ImageOnlySource(paths), ["image", "index"], batch_size, captcha_height, captcha_width,
+                     workers, drop_remainder=False, shuffle=False)

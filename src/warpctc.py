@@ -40,6 +40,17 @@ class StackedRNN(nn.Cell):
         return ops.reshape(y, (width, batch, self.num_classes))
 
 
+class WithLabelCell(nn.Cell):
+    """Evaluation wrapper: ``(image, label) -> (logits, label)``, the inputs of the metrics."""
+
+    def __init__(self, backbone: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.backbone = backbone
+
+    def construct(self, image, label):
+        return self.backbone(image), label
+
+
 def parameter_count(input_size: int, hidden_size: int, num_layers: int = 2, num_classes: int = NUM_CLASSES) -> int:
     """Closed-form parameter count: LSTM gates (4 per layer, two bias vectors each) + dense."""
     total = 0

@@ -26,6 +26,22 @@ def data_root(tmp_path_factory):
     return root
 
 
+TRAIN = os.path.join(REPO, "train.py")
+
+
+@pytest.fixture(scope="session")
+def trained(data_root, tmp_path_factory):
+    """One uninterrupted tiny training: 3 epochs x 10 steps, checkpoint every 4 steps.
+
+    Returns the working folder (checkpoints in ``checkpoint/``) and the run's stdout.
+    """
+    work = tmp_path_factory.mktemp("train")
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--epoch_size", "3",
+                   "--save_checkpoint_steps", "4", "--keep_checkpoint_max", "3", "--learning_rate", "0.02"], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return work, proc.stdout
+
+
 def run_py(args, cwd=None, timeout=300, env=None):
     """Run a repository script with this interpreter; returns the CompletedProcess."""
     full_env = dict(os.environ)

@@ -13,24 +13,12 @@ import pytest
 from src.checkpoint import latest_checkpoint, load_into
 from src.config import Config
 from src.warpctc import create_warpctc
-from conftest import REPO, TINY, last_error_line, run_py
-
-TRAIN = os.path.join(REPO, "train.py")
+from conftest import REPO, TINY, TRAIN, last_error_line, run_py
 LOSS_LINE = re.compile(r"epoch: (\d+) step: (\d+), loss is ([0-9.eE+-]+)")
 
 
 def losses(stdout):
     return [(int(e), int(s), float(v)) for e, s, v in LOSS_LINE.findall(stdout)]
-
-
-@pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory):
-    """One uninterrupted tiny training: 3 epochs x 10 steps, checkpoint every 4 steps."""
-    work = tmp_path_factory.mktemp("train")
-    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--epoch_size", "3",
-                   "--save_checkpoint_steps", "4", "--keep_checkpoint_max", "3", "--learning_rate", "0.02"], cwd=work)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return work, proc.stdout
 
 
 def test_loss_falls_and_checkpoints_are_named_and_kept(trained):

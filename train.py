@@ -23,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a training from this checkpoint, or from the furthest one in this "
                              "folder: weights, optimizer momentum and the step/epoch position (the "
                              "learning-rate schedule and the data order continue where they stopped)")
+    parser.add_argument("--eval_dataset_path", default=None,
+                        help="held-out PNG folder for a learning curve written during training")
+    parser.add_argument("--eval_every", type=int, default=200, help="steps between learning-curve points (default: 200)")
+    parser.add_argument("--eval_images", type=int, default=2000,
+                        help="held-out images per learning-curve point (default: 2000; 0 = all)")
+    parser.add_argument("--curve_csv", default=None,
+                        help="learning-curve CSV (default: <save_checkpoint_path>/learning_curve.csv)")
     parser.add_argument("--dataset_sink_mode", choices=("auto", "on", "off"), default="auto",
                         help="feed data through the device queue; auto = on for Ascend/GPU, off for CPU")
     return add_config_arguments(parser)
@@ -53,13 +60,17 @@ def build_training(cfg: Config, info: RunInfo, dataset_path: str):
                              captcha_height=cfg.captcha_height, seed=cfg.seed, num_parallel_workers=num_workers(cfg))
     steps_per_epoch = dataset.get_dataset_size()
     # As in the original: the base rate scales with the number of devices (global batch grows).
-    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * info.group_size)
+    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * info.group_size, cfg.lr_schedule,
+                cfg.warmup_steps)
     net = create_warpctc(cfg, info.platform)
     loss = CTCLoss(max_sequence_length=cfg.captcha_width, batch_size=cfg.batch_size)
-    opt = nn.SGD(net.trainable_params(), learning_rate=ms.Tensor(lr), momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        opt = nn.Adam(net.trainable_params(), learning_rate=ms.Tensor(lr))
+    else:
+        opt = nn.SGD(net.trainable_params(), learning_rate=ms.Tensor(lr), momentum=cfg.momentum)
     train_cell = TrainOneStepCellWithGradClip(nn.WithLossCell(net, loss), opt, clip_norm=cfg.clip_global_norm)
     train_cell.set_train()
-    return dataset, net, train_cell, steps_per_epoch
+    return dataset, net, train_cell, steps_per_epoch, lr
 
 
 def restore(train_cell, path: str) -> Tuple[str, int]:
@@ -73,8 +84,36 @@ def restore(train_cell, path: str) -> Tuple[str, int]:
     return path, int(params["global_step"].asnumpy().reshape(-1)[0])
 
 
+def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int):
+    """The LearningCurve callback with its held-out batches loaded once, in memory."""
+    import mindspore as ms
+
+    from src.callbacks import LearningCurve
+    from src.dataset import create_dataset
+
+    if args.eval_every <= 0 or args.eval_images < 0:
+        raise ValueError("--eval_every must be positive and --eval_images >= 0")
+    dataset = create_dataset(args.eval_dataset_path, batch_size=cfg.batch_size, device_target=info.platform,
+                             max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
+                             captcha_height=cfg.captcha_height, shuffle=False, drop_remainder=False,
+                             num_parallel_workers=num_workers(cfg))
+    batches, count = [], 0
+    for image, label in dataset.create_tuple_iterator(output_numpy=True):
+        if args.eval_images:
+            image, label = image[: args.eval_images - count], label[: args.eval_images - count]
+        batches.append((ms.Tensor(image), label))
+        count += len(label)
+        if args.eval_images and count >= args.eval_images:
+            break
+    csv_path = args.curve_csv or os.path.join(_checkpoint_dir(cfg, info), "learning_curve.csv")
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    print(f"learning curve: {count} images of {args.eval_dataset_path} every {args.eval_every} steps -> {csv_path}",
+          flush=True)
+    return LearningCurve(net, batches, args.eval_every, csv_path, lr, start_step)
+
+
 def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int) -> List:
-    from mindspore.train import CheckpointConfig, LossMonitor, ModelCheckpoint, TimeMonitor
+    from mindspore.train import CheckpointConfig, LossMonitor, TimeMonitor
 
     from src.callbacks import ResumePosition, StepCheckpoint
 
@@ -94,7 +133,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     info = set_up(args.platform, args.run_distribute, args.device_id)
     ms.set_seed(cfg.seed)
-    dataset, _, train_cell, steps_per_epoch = build_training(cfg, info, args.dataset_path)
+    dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path)
     total_steps = cfg.epoch_size * steps_per_epoch
     start_step = 0
     if args.resume_checkpoint:
@@ -112,9 +151,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     print(f"rank {info.rank}/{info.group_size} on {info.platform}: {steps_per_epoch} steps/epoch x "
           f"{cfg.epoch_size} epochs, batch {cfg.batch_size}, lr {cfg.learning_rate * info.group_size:g}", flush=True)
     sink = args.dataset_sink_mode == "on" or (args.dataset_sink_mode == "auto" and info.platform != "CPU")
+    callbacks = make_callbacks(cfg, info, steps_per_epoch, start_step)
+    if args.eval_dataset_path and info.rank == 0:
+        callbacks.insert(1, learning_curve(args, cfg, info, net, lr, start_step))
     model = Model(train_cell)
     start = time.time()
-    model.train(cfg.epoch_size, dataset, callbacks=make_callbacks(cfg, info, steps_per_epoch, start_step),
+    model.train(cfg.epoch_size, dataset, callbacks=callbacks,
                 dataset_sink_mode=sink, initial_epoch=start_step // steps_per_epoch)
     print(f"training finished in {time.time() - start:.1f} s; checkpoints in "
           f"{os.path.abspath(_checkpoint_dir(cfg, info))}", flush=True)

@@ -54,3 +54,130 @@ run_logged() {
     nohup "$@" > "$log" 2>&1 &
     echo "started in the background as PID $!; follow it with: tail -f '$log'"
 }
+
+# ---- distributed launchers (run_distribute_train*.sh) ----
+
+# quote_cmd WORD... -> the words as one shell-quoted line (what a user could paste).
+quote_cmd() {
+    local out="" word
+    for word in "$@"; do
+        out+="$(printf '%q' "$word") "
+    done
+    printf '%s\n' "${out% }"
+}
+
+# check_rank_size VALUE: a positive integer, else a one-line error.
+check_rank_size() {
+    [[ "$1" =~ ^[0-9]+$ && "$1" -ge 1 ]] || die "RANK_SIZE must be a positive integer, got '$1'"
+}
+
+# parse_launcher_flags ARGS... : reads the leading --dry_run / --foreground flags into
+# DRY_RUN and FOREGROUND (0/1) and sets FLAG_COUNT to how many words they took.
+parse_launcher_flags() {
+    DRY_RUN=0
+    FOREGROUND=0
+    FLAG_COUNT=0
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --dry_run) DRY_RUN=1 ;;
+            --foreground) FOREGROUND=1 ;;
+            *) break ;;
+        esac
+        FLAG_COUNT=$((FLAG_COUNT + 1))
+        shift
+    done
+}
+
+# check_train_options OPTION... : the options forwarded to train.py must not override what the
+# launcher sets for every rank, and must start with "--" (catches e.g. a stray PLATFORM word).
+check_train_options() {
+    local opt
+    if [[ $# -gt 0 && "$1" != --* ]]; then
+        die "unexpected argument '$1' (extra train.py options start with --)"
+    fi
+    for opt in "$@"; do
+        case "$opt" in
+            --dataset_path|--dataset_path=*|--platform|--platform=*|--run_distribute|--device_id|--device_id=*)
+                die "${opt%%=*} is set by this launcher; do not pass it" ;;
+        esac
+    done
+}
+
+# run_folder DEFAULT_NAME -> absolute working folder ($WARPCTC_RUN_DIR or <repo>/runs/DEFAULT_NAME);
+# created unless CREATE is 0 (a dry run creates nothing).
+run_folder() {
+    local dir="${WARPCTC_RUN_DIR:-$REPO_DIR/runs/$1}" create="${2:-1}"
+    if [[ "$create" == 1 ]]; then
+        mkdir -p "$dir" || die "cannot create the working folder $dir"
+        (cd "$dir" && pwd)
+        return 0
+    fi
+    if [[ "$dir" != /* ]]; then
+        dir="$(pwd)/$dir"
+    fi
+    printf '%s\n' "${dir%/}"
+}
+
+# use_python_for_msrun: msrun starts every worker as the `python3` (or `python`) it finds on
+# PATH, so put the folder of $PYTHON first on PATH; sets MSRUN_PYTHON to that command name.
+use_python_for_msrun() {
+    local py dir
+    py="$(command -v "$PYTHON" 2>/dev/null)" || die "python interpreter '$PYTHON' not found"
+    dir="$(cd "$(dirname "$py")" && pwd)"
+    if [[ -x "$dir/python3" ]]; then
+        MSRUN_PYTHON=python3
+    elif [[ -x "$dir/python" ]]; then
+        MSRUN_PYTHON=python
+    else
+        die "msrun starts workers with 'python3' or 'python' from PATH, but $dir has neither (set PYTHON)"
+    fi
+    PATH="$dir:$PATH"
+    export PATH
+}
+
+# master_port -> $MASTER_PORT if set (checked), else a free loopback port chosen by python.
+master_port() {
+    if [[ -n "${MASTER_PORT:-}" ]]; then
+        [[ "$MASTER_PORT" =~ ^[0-9]+$ && "$MASTER_PORT" -ge 1024 && "$MASTER_PORT" -le 65535 ]] \
+            || die "MASTER_PORT must be a port number in 1024..65535, got '$MASTER_PORT'"
+        printf '%s\n' "$MASTER_PORT"
+        return 0
+    fi
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
+        || die "could not find a free port; set MASTER_PORT"
+}
+
+# msrun_train PLATFORM RANK_SIZE DATASET_PATH RUN_DIR TRAIN_OPTION... : data-parallel training
+# of RANK_SIZE processes on this machine through MindSpore's msrun (loopback scheduler).
+# Honors DRY_RUN and FOREGROUND; the caller has run use_python_for_msrun.
+msrun_train() {
+    local platform="$1" rank_size="$2" dataset_path="$3" run_dir="$4" port r status
+    shift 4
+    port="$(master_port)"
+    local cmd=(msrun "--worker_num=$rank_size" "--local_worker_num=$rank_size" --master_addr=127.0.0.1
+               "--master_port=$port" "--log_dir=$run_dir/logs" --join=True
+               "$MSRUN_PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" --platform "$platform"
+               --run_distribute --save_checkpoint_path "$run_dir/checkpoint" "$@")
+    if [[ "$DRY_RUN" == 1 ]]; then
+        echo "dry run: nothing is started. msrun would run (PATH starts with $(dirname "$(command -v "$MSRUN_PYTHON")")):"
+        echo "cd $(quote_cmd "$run_dir") && $(quote_cmd "${cmd[@]}") > $(quote_cmd "$run_dir/msrun.log") 2>&1"
+        for ((r = 0; r < rank_size; r++)); do
+            echo "rank $r: env (set by msrun) MS_ROLE=MS_WORKER MS_WORKER_NUM=$rank_size MS_SCHED_HOST=127.0.0.1" \
+                 "MS_SCHED_PORT=$port MS_NODE_ID=$r RANK_ID=$r RANK_SIZE=$rank_size DEVICE_ID=$r;" \
+                 "log $run_dir/logs/worker_$r.log; checkpoints $run_dir/checkpoint/rank_$r"
+        done
+        echo "scheduler: the same command with MS_ROLE=MS_SCHED (it only coordinates); log $run_dir/logs/scheduler.log"
+        return 0
+    fi
+    echo "msrun: $rank_size $platform worker(s), scheduler on 127.0.0.1:$port"
+    echo "launcher log: $run_dir/msrun.log"
+    echo "worker logs: $run_dir/logs/worker_<rank>.log (0..$((rank_size - 1)))"
+    echo "checkpoints: $run_dir/checkpoint/rank_<rank> (unless --save_checkpoint_path says otherwise)"
+    cd "$run_dir"
+    status=0
+    run_logged "$FOREGROUND" "$run_dir/msrun.log" "${cmd[@]}" || status=$?
+    if [[ "$status" != 0 ]]; then
+        echo "$(basename "$0"): error: training failed (msrun exit status $status); see $run_dir/logs/worker_<rank>.log" >&2
+        exit "$status"
+    fi
+}

@@ -32,3 +32,72 @@ class StepCheckpoint(ModelCheckpoint):
         # Saves happen at multiples of save_checkpoint_steps; the resume step was one of them
         # (or the end of a run), so the next save is save_checkpoint_steps after it.
         self._last_triggered_step = int(start_step)
+
+
+class LearningCurve(Callback):
+    """Every ``every`` steps: evaluate on held-out images and append a row to a CSV file.
+
+    Columns: ``step, epoch, train_seconds, lr, train_loss`` (mean over the steps since the last
+    row), ``eval_accuracy, eval_cer``. ``train_seconds`` is cumulative training time across
+    resumed runs (read back from the CSV's last row); evaluation time is not counted in it.
+    A resume appends a ``# resumed at step N`` line, so resume points stay on record.
+    """
+
+    HEADER = "step,epoch,train_seconds,lr,train_loss,eval_accuracy,eval_cer"
+
+    def __init__(self, network, batches, every: int, csv_path: str, learning_rates, start_step: int = 0):
+        super().__init__()
+        self.network = network
+        self.batches = batches            # list of (image Tensor, label numpy) held in memory
+        self.every = int(every)
+        self.csv_path = csv_path
+        self.learning_rates = learning_rates
+        self.start_step = int(start_step)
+        self.losses = []
+        self.offset = 0.0
+        self.clock = None
+
+    def on_train_begin(self, run_context):
+        import os
+        import time
+
+        exists = os.path.isfile(self.csv_path) and os.path.getsize(self.csv_path) > 0
+        if exists:
+            rows = [l for l in open(self.csv_path, encoding="utf-8").read().splitlines()
+                    if l and l[0].isdigit()]
+            if rows:
+                self.offset = float(rows[-1].split(",")[2])
+        with open(self.csv_path, "a", encoding="utf-8") as handle:
+            if not exists:
+                handle.write(self.HEADER + "\n")
+            if self.start_step:
+                handle.write(f"# resumed at step {self.start_step}\n")
+        self.clock = time.time()
+
+    def on_train_step_end(self, run_context):
+        import time
+
+        cb_params = run_context.original_args()
+        self.losses.append(float(cb_params.net_outputs.asnumpy()))
+        step = cb_params.cur_step_num
+        if step % self.every == 0 or step == len(self.learning_rates):
+            self.offset += time.time() - self.clock
+            accuracy, cer = self.evaluate()
+            lr = float(self.learning_rates[min(step, len(self.learning_rates)) - 1])
+            with open(self.csv_path, "a", encoding="utf-8") as handle:
+                handle.write(f"{step},{cb_params.cur_epoch_num},{self.offset:.1f},{lr:.6g},"
+                             f"{sum(self.losses) / len(self.losses):.6g},{accuracy:.4f},{cer:.4f}\n")
+            print(f"step {step}: eval accuracy {accuracy:.4f}, CER {cer:.4f} "
+                  f"({self.offset:.0f} s of training)", flush=True)
+            self.losses = []
+            self.clock = time.time()
+
+    def evaluate(self):
+        from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
+
+        accuracy, cer = WarpCTCAccuracy(), WarpCTCCharErrorRate()
+        for image, label in self.batches:
+            logits = self.network(image).asnumpy()
+            accuracy.update(logits, label)
+            cer.update(logits, label)
+        return accuracy.eval(), cer.eval()

@@ -34,8 +34,15 @@ class Config:
     seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle"})
     clip_global_norm: float = field(default=10.0, metadata={"help": "gradient clipping by global norm"})
     num_parallel_workers: int = field(default=0, metadata={"help": "dataset workers; 0 = number of CPUs (capped at 8)"})
+    # Recipe options beyond the original (whose values are the defaults): see README "Results".
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum, the original) or adam"})
+    lr_schedule: str = field(default="step", metadata={"help": "step (x0.1 before epochs 10/20/30, the original) "
+                                                               "or cosine (decay to 0 over the run)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
 
 
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("step", "cosine")
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
@@ -121,6 +128,12 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--momentum must be in [0, 1), got {cfg.momentum}")
     if cfg.clip_global_norm <= 0:
         raise ValueError(f"--clip_global_norm must be positive, got {cfg.clip_global_norm}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"--warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.num_parallel_workers < 0:
         raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
     return cfg

@@ -4,17 +4,31 @@ from __future__ import annotations
 import numpy as np
 
 
-def get_lr(epoch_size: int, step_size: int, lr_init: float) -> np.ndarray:
-    """One rate per step: before each epoch ``i`` (1-based) with ``i % 10 == 0`` the rate is x0.1.
+def get_lr(epoch_size: int, step_size: int, lr_init: float, schedule: str = "step",
+           warmup_steps: int = 0) -> np.ndarray:
+    """One rate per step of ``epoch_size * step_size`` steps.
 
-    So epochs 1-9 use ``lr_init``, 10-19 ``0.1 * lr_init``, 20-29 ``0.01 * lr_init``, 30 ``0.001 *``.
+    ``step`` (the original): before each epoch ``i`` (1-based) with ``i % 10 == 0`` the rate is
+    x0.1, so epochs 1-9 use ``lr_init``, 10-19 ``0.1 * lr_init``, 20-29 ``0.01 *``, 30 ``0.001 *``.
+    ``cosine``: half a cosine from ``lr_init`` down to 0 at the last step.
+    ``warmup_steps`` > 0 ramps linearly from ``lr_init / warmup_steps`` up to the schedule.
     """
     if epoch_size <= 0 or step_size <= 0:
         raise ValueError(f"epoch_size and step_size must be positive, got {epoch_size} and {step_size}")
-    rates = []
-    lr = lr_init
-    for epoch in range(1, epoch_size + 1):
-        if epoch % 10 == 0:
-            lr *= 0.1
-        rates.extend([lr] * step_size)
-    return np.array(rates, dtype=np.float32)
+    total = epoch_size * step_size
+    if schedule == "step":
+        rates = []
+        lr = lr_init
+        for epoch in range(1, epoch_size + 1):
+            if epoch % 10 == 0:
+                lr *= 0.1
+            rates.extend([lr] * step_size)
+        rates = np.array(rates, dtype=np.float64)
+    elif schedule == "cosine":
+        rates = lr_init * 0.5 * (1.0 + np.cos(np.pi * np.arange(total) / total))
+    else:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (expected step or cosine)")
+    if warmup_steps > 0:
+        ramp = np.minimum(1.0, (np.arange(total) + 1) / warmup_steps)
+        rates = rates * ramp
+    return rates.astype(np.float32)

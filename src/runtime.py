@@ -22,10 +22,11 @@ class RunInfo:
     platform: str
     rank: int = 0
     group_size: int = 1
+    data_parallel: bool = False     # started by a launcher with --run_distribute (even with one rank)
 
     @property
     def distributed(self) -> bool:
-        return self.group_size > 1
+        return self.data_parallel or self.group_size > 1
 
 
 def check_platform(platform: str) -> str:
@@ -67,4 +68,4 @@ def set_up(platform: str, run_distribute: bool = False, device_id: Optional[int]
     rank, size = get_rank(), get_group_size()
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
-    return RunInfo(platform, rank, size)
+    return RunInfo(platform, rank, size, data_parallel=True)

@@ -46,3 +46,13 @@ def test_invalid_values_rejected():
         parse(["--batch_size", "0"])
     with pytest.raises(ValueError, match="not found"):
         parse(["--config_path", "/nonexistent/x.yaml"])
+
+
+def test_recipe_options_are_validated():
+    cfg = parse(["--optimizer", "adam", "--lr_schedule", "cosine", "--warmup_steps", "100"])
+    assert (cfg.optimizer, cfg.lr_schedule, cfg.warmup_steps) == ("adam", "cosine", 100)
+    assert (Config().optimizer, Config().lr_schedule, Config().warmup_steps) == ("sgd", "step", 0)
+    with pytest.raises(ValueError, match="--optimizer must be one of sgd, adam, got 'rmsprop'"):
+        parse(["--optimizer", "rmsprop"])
+    with pytest.raises(ValueError, match="--lr_schedule must be one of step, cosine"):
+        parse(["--lr_schedule", "linear"])

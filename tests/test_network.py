@@ -115,3 +115,14 @@ def test_update_is_clipped_to_global_norm_10(sens, expect_clipped):
         np.testing.assert_allclose(step_norm, 10.0, rtol=1e-3)
     else:
         assert 0 < step_norm < 10.0
+
+
+def test_cosine_schedule_with_warmup():
+    lr = get_lr(epoch_size=2, step_size=50, lr_init=0.002, schedule="cosine", warmup_steps=10)
+    assert lr.shape == (100,)
+    np.testing.assert_allclose(lr[:10], 0.002 * 0.5 * (1 + np.cos(np.pi * np.arange(10) / 100)) *
+                               (np.arange(10) + 1) / 10, rtol=1e-5)
+    assert lr[10] == pytest.approx(0.002 * 0.5 * (1 + np.cos(np.pi * 10 / 100)), rel=1e-5)
+    assert np.all(np.diff(lr[10:]) < 0) and 0 < lr[-1] < 1e-5
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        get_lr(1, 1, 0.1, schedule="linear")

@@ -124,3 +124,23 @@ def test_run_distribute_without_launcher_is_a_clear_error(data_root, tmp_path):
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", "--run_distribute"], cwd=tmp_path)
     assert proc.returncode == 2
     assert last_error_line(proc).startswith("train.py: error: --run_distribute needs a distributed launcher")
+
+
+def test_learning_curve_csv_survives_a_resume(data_root, tmp_path):
+    base = [TRAIN, "--dataset_path", data_root / "train", *TINY, "--eval_dataset_path", data_root / "test",
+            "--eval_every", "5", "--eval_images", "40", "--save_checkpoint_steps", "5",
+            "--optimizer", "adam", "--learning_rate", "0.003", "--lr_schedule", "cosine", "--warmup_steps", "3"]
+    first = run_py(base + ["--epoch_size", "1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_py(base + ["--epoch_size", "2", "--resume_checkpoint", tmp_path / "checkpoint"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    lines = (tmp_path / "checkpoint" / "learning_curve.csv").read_text().splitlines()
+    assert lines[0] == "step,epoch,train_seconds,lr,train_loss,eval_accuracy,eval_cer"
+    assert lines[3] == "# resumed at step 10"
+    rows = [l.split(",") for l in lines[1:] if not l.startswith("#")]
+    assert [int(r[0]) for r in rows] == [5, 10, 15, 20]
+    seconds = [float(r[2]) for r in rows]
+    assert seconds == sorted(seconds) and seconds[0] > 0       # cumulative across the resume
+    for r in rows:
+        assert 0 <= float(r[5]) <= 1 and float(r[6]) >= 0 and float(r[4]) > 0
+    assert float(rows[-1][4]) < float(rows[0][4])                # training loss falls

@@ -44,32 +44,16 @@ def _checkpoint_dir(cfg: Config, info: RunInfo) -> str:
 
 
 def build_training(cfg: Config, info: RunInfo, dataset_path: str):
-    """Dataset, network, loss, optimizer and the one-step training cell of the recipe."""
-    import mindspore as ms
-    from mindspore import nn
-
+    """This rank's dataset shard plus the network, schedule and one-step training cell."""
     from src.dataset import create_dataset
-    from src.loss import CTCLoss
-    from src.lr_schedule import get_lr
-    from src.warpctc import create_warpctc
-    from src.warpctc_for_train import TrainOneStepCellWithGradClip
+    from src.warpctc_for_train import build_train_cell
 
     dataset = create_dataset(dataset_path, batch_size=cfg.batch_size, num_shards=info.group_size,
                              shard_id=info.rank, device_target=info.platform,
                              max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
                              captcha_height=cfg.captcha_height, seed=cfg.seed, num_parallel_workers=num_workers(cfg))
     steps_per_epoch = dataset.get_dataset_size()
-    # As in the original: the base rate scales with the number of devices (global batch grows).
-    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * info.group_size, cfg.lr_schedule,
-                cfg.warmup_steps)
-    net = create_warpctc(cfg, info.platform)
-    loss = CTCLoss(max_sequence_length=cfg.captcha_width, batch_size=cfg.batch_size)
-    if cfg.optimizer == "adam":
-        opt = nn.Adam(net.trainable_params(), learning_rate=ms.Tensor(lr))
-    else:
-        opt = nn.SGD(net.trainable_params(), learning_rate=ms.Tensor(lr), momentum=cfg.momentum)
-    train_cell = TrainOneStepCellWithGradClip(nn.WithLossCell(net, loss), opt, clip_norm=cfg.clip_global_norm)
-    train_cell.set_train()
+    net, train_cell, lr = build_train_cell(cfg, info.platform, steps_per_epoch, info.group_size)
     return dataset, net, train_cell, steps_per_epoch, lr
 
 

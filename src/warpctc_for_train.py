@@ -1,6 +1,7 @@
 """One training step: loss, gradients, data-parallel mean, global-norm clipping, update."""
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import nn, ops
 
 
@@ -25,3 +26,25 @@ class TrainOneStepCellWithGradClip(nn.TrainOneStepCell):
         grads = ops.clip_by_global_norm(grads, self.clip_norm)
         self.optimizer(grads)
         return loss
+
+
+def build_train_cell(cfg, platform: str, steps_per_epoch: int, group_size: int = 1):
+    """Network, per-step learning rates and the training cell of the recipe in ``cfg``.
+
+    Returns ``(net, train_cell, lr)``; ``train.py`` and the benchmarks build the step this way.
+    As in the original, the base learning rate is multiplied by the device count.
+    """
+    from src.loss import CTCLoss
+    from src.lr_schedule import get_lr
+    from src.warpctc import create_warpctc
+
+    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps)
+    net = create_warpctc(cfg, platform)
+    loss = CTCLoss(max_sequence_length=cfg.captcha_width, batch_size=cfg.batch_size)
+    if cfg.optimizer == "adam":
+        opt = nn.Adam(net.trainable_params(), learning_rate=ms.Tensor(lr))
+    else:
+        opt = nn.SGD(net.trainable_params(), learning_rate=ms.Tensor(lr), momentum=cfg.momentum)
+    train_cell = TrainOneStepCellWithGradClip(nn.WithLossCell(net, loss), opt, clip_norm=cfg.clip_global_norm)
+    train_cell.set_train()
+    return net, train_cell, lr

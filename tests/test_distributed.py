@@ -25,7 +25,7 @@ from mindspore import nn, ops
 from src.config import Config
 from src.dataset import create_dataset
 from src.loss import CTCLoss
-from src.rank_table import RankTableError, read_rank_table
+from src.hccl_rank_table import RankTableError, read_rank_table
 from src.warpctc import create_warpctc
 from conftest import REPO, TINY
 
@@ -161,7 +161,9 @@ def replay(data_root):
     for rank in range(RANKS):
         shard = create_dataset(str(data_root / "train"), batch_size=BATCH, num_shards=RANKS, shard_id=rank, seed=1,
                                num_parallel_workers=2)
-        batches.append(list(shard.create_tuple_iterator(num_epochs=EPOCHS, output_numpy=True)))
+        iterator = shard.create_tuple_iterator(num_epochs=EPOCHS, output_numpy=True)
+        batches.append([batch for _ in range(EPOCHS) for batch in iterator])    # each pass is one epoch
+        assert len(batches[-1]) == EPOCHS * STEPS
     return {"names": names, "init": init, "batches": batches, "loss_at": loss_at, "grad_at": grad_at}
 
 
@@ -306,7 +308,7 @@ def fake_python(tmp_path):
     path = tmp_path / "bin" / "python3"
     path.parent.mkdir()
     path.write_text(f"""#!/usr/bin/env bash
-case "${{1:-}}" in *rank_table.py) exec {shlex.quote(sys.executable)} "$@" ;; esac
+case "${{1:-}}" in *hccl_rank_table.py) exec {shlex.quote(sys.executable)} "$@" ;; esac
 echo "cwd=$(pwd)"
 echo "env RANK_TABLE_FILE=$RANK_TABLE_FILE RANK_SIZE=$RANK_SIZE RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID"
 echo "args $*"

@@ -2,6 +2,8 @@
 
 Writes ``<file_name>.mindir`` (default) with a fixed input shape ``(export_batch_size, 3, H, W)``;
 the output is the logits ``(W, export_batch_size, 11)``, decoded with greedy CTC as in eval.
+``--file_format CKPT`` writes a weights-only checkpoint (no optimizer state: ~14 MB), the
+form in which trained models are released.
 """
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from typing import Optional, Sequence
 from src.config import add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
-FORMATS = ("MINDIR", "AIR", "ONNX")
+FORMATS = ("MINDIR", "AIR", "ONNX", "CKPT")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export a WarpCTC checkpoint to MINDIR (or AIR on Ascend).")
+    parser = argparse.ArgumentParser(description="Export a WarpCTC checkpoint to MINDIR, ONNX, a weights-only CKPT "
+                                                 "(for release) or AIR (Ascend).")
     parser.add_argument("--checkpoint_path", required=True, help="checkpoint (.ckpt) to export")
     parser.add_argument("--file_name", default="warpctc", help="output file name without extension (default: warpctc)")
     parser.add_argument("--file_format", default="MINDIR", choices=FORMATS, help="output format (default: MINDIR)")
@@ -46,6 +49,12 @@ def export(args: argparse.Namespace) -> str:
                        hidden_size_given="hidden_size" in explicit_overrides(args))
     dummy = ms.Tensor(np.zeros((args.export_batch_size, 3, network_height(cfg.captcha_height), cfg.captcha_width),
                                dtype=np.float32))
+    if args.file_format == "CKPT":
+        path = f"{args.file_name}.ckpt"
+        if os.path.abspath(path) == os.path.abspath(args.checkpoint_path):
+            raise ValueError(f"{path}: would overwrite the checkpoint being exported; choose another --file_name")
+        ms.save_checkpoint(net, path)
+        return path
     try:
         ms.export(net, dummy, file_name=args.file_name, file_format=args.file_format)
     except (RuntimeError, TypeError) as err:

@@ -113,6 +113,20 @@ def test_exported_mindir_and_onnx_give_checkpoint_outputs(data_root, ckpt, refer
     np.testing.assert_allclose(out, logits[:, :2], rtol=1e-4, atol=1e-4)
 
 
+def test_weights_only_checkpoint_export(ckpt, reference, tmp_path):
+    samples, logits = reference
+    proc = run_py([EXPORT, "--checkpoint_path", ckpt, "--file_name", tmp_path / "release", "--file_format", "CKPT"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    released = tmp_path / "release.ckpt"
+    assert released.stat().st_size < 0.6 * ckpt.stat().st_size          # no optimizer state
+    assert "accum.fc.weight" not in ms.load_checkpoint(str(released))
+    net = mindspore_hub_conf.create_network("warpctc", checkpoint_path=str(released))
+    out = net(reference_inputs([p for p, _ in samples[:4]])).asnumpy()
+    np.testing.assert_allclose(out, logits[:, :4], rtol=1e-5, atol=1e-5)
+    proc = run_py([EXPORT, "--checkpoint_path", released, "--file_name", tmp_path / "release", "--file_format", "CKPT"])
+    assert proc.returncode == 2 and "would overwrite the checkpoint being exported" in last_error_line(proc)
+
+
 @pytest.mark.parametrize("script", ["eval", "predict", "export"])
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other_shape"])
 def test_bad_checkpoint_is_a_one_line_error(data_root, ckpt, tmp_path, script, case):

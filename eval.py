@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from src.cli import report_error
 from src.config import add_config_arguments, config_from_args, explicit_overrides, num_workers
 from src.runtime import PLATFORMS
 
@@ -58,8 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = evaluate(args)
     except ValueError as err:
-        print(f"eval.py: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+        return report_error("eval.py", err)
     print(f"result: {out['result']}")
     print("accuracy by label length: " + ", ".join(f"{k} digit(s): {v:.4f}" for k, v in out["by_length"].items()))
     print(f"evaluated {out['images']} images in {out['seconds']:.1f} s "

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from src.cli import report_error
 from src.config import add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
@@ -70,8 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         path = export(args)
     except ValueError as err:
-        print(f"export.py: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+        return report_error("export.py", err)
     print(f"exported {os.path.abspath(path)} (input shape: {args.export_batch_size} x 3 x H x W, float32)")
     return 0
 

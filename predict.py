@@ -10,6 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from src.cli import report_error
 from src.config import add_config_arguments, config_from_args, explicit_overrides, num_workers
 from src.runtime import PLATFORMS
 
@@ -66,8 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = predict(paths, args.checkpoint_path, cfg, args.platform,
                           hidden_size_given="hidden_size" in explicit_overrides(args))
     except ValueError as err:
-        print(f"predict.py: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
+        return report_error("predict.py", err)
     for path, digits in results:
         print(f"{path}\t{digits}")
     return 0

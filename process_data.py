@@ -20,6 +20,8 @@ from typing import Iterable, List, Tuple
 import captcha.image
 from captcha.image import ImageCaptcha
 
+from src.cli import report_error
+
 FILE_RE = re.compile(r"^\d+-\d+\.png$")
 
 
@@ -176,8 +178,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             print(f"{split}: {count} images in {os.path.abspath(out)} "
                   f"({elapsed:.1f} s, {count / max(elapsed, 1e-9):.0f} images/s)")
     except ValueError as err:
-        print(f"process_data.py: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("process_data.py", err)
     return 0
 
 

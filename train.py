@@ -7,6 +7,7 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
+from src.cli import report_error
 from src.config import Config, add_config_arguments, config_from_args, num_workers
 from src.runtime import PLATFORMS, RunInfo, set_up
 
@@ -154,9 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = config_from_args(args)
         return run(args, cfg)
     except ValueError as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"train.py: error: {message}", file=sys.stderr)
-        return 2
+        return report_error("train.py", err)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = export(args)
     except ValueError as err:
         return report_error("export.py", err)
-    print(f"exported {os.path.abspath(path)} (input shape: {args.export_batch_size} x 3 x H x W, float32)")
+    shape = "" if args.file_format == "CKPT" else f" (input shape: {args.export_batch_size} x 3 x H x W, float32)"
+    print(f"exported {os.path.abspath(path)}{shape}")
     return 0
 
 

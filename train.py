@@ -52,7 +52,8 @@ def build_training(cfg: Config, info: RunInfo, dataset_path: str):
     dataset = create_dataset(dataset_path, batch_size=cfg.batch_size, num_shards=info.group_size,
                              shard_id=info.rank, device_target=info.platform,
                              max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
-                             captcha_height=cfg.captcha_height, seed=cfg.seed, num_parallel_workers=num_workers(cfg))
+                             captcha_height=cfg.captcha_height, seed=cfg.seed,
+                             num_parallel_workers=num_workers(cfg, info.platform, training=True))
     steps_per_epoch = dataset.get_dataset_size()
     net, train_cell, lr = build_train_cell(cfg, info.platform, steps_per_epoch, info.group_size)
     return dataset, net, train_cell, steps_per_epoch, lr

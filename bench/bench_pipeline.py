@@ -48,6 +48,7 @@ def training_throughput(train_dir: str, cfg, steps: int, synthetic: bool) -> flo
     import mindspore.dataset as ds
     from mindspore.train import Callback, LossMonitor, Model
 
+    from src.config import num_workers
     from src.dataset import create_dataset
     from src.warpctc_for_train import build_train_cell
 
@@ -61,8 +62,9 @@ def training_throughput(train_dir: str, cfg, steps: int, synthetic: bool) -> flo
         dataset = ds.GeneratorDataset(lambda: ((image, label) for _ in range(steps + warmup)),
                                       column_names=["image", "label"])
     else:
+        # The worker count train.py uses (src.config.num_workers).
         dataset = create_dataset(train_dir, batch_size=cfg.batch_size,
-                                 num_parallel_workers=cfg.num_parallel_workers or None).take(steps + warmup)
+                                 num_parallel_workers=num_workers(cfg, "CPU", training=True)).take(steps + warmup)
 
     class Clock(Callback):
         def on_train_step_end(self, run_context):
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=2048, help="images for eval/predict/render timing")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--hidden_size", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=0, help="dataset workers for (b); 0 = the default")
+    parser.add_argument("--workers", type=int, default=0, help="dataset workers for (b); 0 = train.py's default")
     parser.add_argument("--only", choices=("a", "b", "c"), default=None, help="run one part only")
     args = parser.parse_args(argv)
 

@@ -103,6 +103,25 @@ check_train_options() {
     done
 }
 
+# parse_rank_size_launch ARGS... : the command line of the RANK_SIZE launchers,
+# [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] [train.py options...]. Sets RANK_SIZE_ARG,
+# DATASET_PATH_ARG (absolute), DRY_RUN, FOREGROUND and the array TRAIN_OPTIONS; usage or a
+# one-line error otherwise.
+parse_rank_size_launch() {
+    if [[ $# -lt 2 ]]; then
+        echo "Usage: bash $(basename "$0") [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] [train.py options...]" >&2
+        exit 2
+    fi
+    RANK_SIZE_ARG="$1"
+    check_rank_size "$RANK_SIZE_ARG"
+    DATASET_PATH_ARG="$(resolve_path dir "$2")"
+    shift 2
+    parse_launcher_flags "$@"
+    shift "$FLAG_COUNT"
+    check_train_options "$@"
+    TRAIN_OPTIONS=("$@")
+}
+
 # run_folder DEFAULT_NAME -> absolute working folder ($WARPCTC_RUN_DIR or <repo>/runs/DEFAULT_NAME);
 # created unless CREATE is 0 (a dry run creates nothing).
 run_folder() {

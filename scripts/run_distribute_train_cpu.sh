@@ -10,18 +10,10 @@
 #   Scheduler port: $MASTER_PORT (default: a free port).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-usage="Usage: bash $(basename "$0") [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] [train.py options...]"
-if [[ $# -lt 2 ]]; then
-    echo "$usage" >&2
-    exit 2
-fi
-rank_size="$1"
-check_rank_size "$rank_size"
-dataset_path="$(resolve_path dir "$2")"
-shift 2
-parse_launcher_flags "$@"
-shift "$FLAG_COUNT"
-check_train_options "$@"
+parse_rank_size_launch "$@"
+set -- "${TRAIN_OPTIONS[@]}"
+rank_size="$RANK_SIZE_ARG"
+dataset_path="$DATASET_PATH_ARG"
 use_python_for_msrun
 command -v msrun > /dev/null || die "msrun not found on PATH (it comes with the mindspore package)"
 run_dir="$(run_folder distribute_train_cpu "$((1 - DRY_RUN))")"

@@ -10,18 +10,10 @@
 #   checkpoint/rank_<rank>/. msrun's scheduler port: $MASTER_PORT (default: a free port).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-usage="Usage: bash $(basename "$0") [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] [train.py options...]"
-if [[ $# -lt 2 ]]; then
-    echo "$usage" >&2
-    exit 2
-fi
-rank_size="$1"
-check_rank_size "$rank_size"
-dataset_path="$(resolve_path dir "$2")"
-shift 2
-parse_launcher_flags "$@"
-shift "$FLAG_COUNT"
-check_train_options "$@"
+parse_rank_size_launch "$@"
+set -- "${TRAIN_OPTIONS[@]}"
+rank_size="$RANK_SIZE_ARG"
+dataset_path="$DATASET_PATH_ARG"
 
 # mpirun only when it is Open MPI: MindSpore reads the rank from Open MPI's OMPI_COMM_WORLD_* variables.
 launcher=""

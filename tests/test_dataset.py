@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import process_data
 from src.dataset import (BLANK, MEAN, STD, create_dataset, decode_label, encode_label, list_samples,
                          parse_label)
 

@@ -3,8 +3,6 @@ import hashlib
 import os
 import re
 
-import pytest
-
 import process_data
 from src.dataset import parse_label
 from src.metric import summarize

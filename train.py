@@ -98,12 +98,14 @@ def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr
     return LearningCurve(net, batches, args.eval_every, csv_path, lr, start_step)
 
 
-def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int) -> List:
+def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int, total_steps: int) -> List:
     from mindspore.train import CheckpointConfig, LossMonitor, TimeMonitor
 
-    from src.callbacks import ResumePosition, StepCheckpoint
+    from src.callbacks import ResumePosition, StepCheckpoint, StopAtStep
 
     callbacks = [ResumePosition(start_step), LossMonitor(per_print_times=1), TimeMonitor(data_size=steps_per_epoch)]
+    if total_steps % steps_per_epoch:
+        callbacks.append(StopAtStep(total_steps))
     if cfg.save_checkpoint:
         ckpt_config = CheckpointConfig(save_checkpoint_steps=cfg.save_checkpoint_steps,
                                        keep_checkpoint_max=cfg.keep_checkpoint_max,
@@ -120,13 +122,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     info = set_up(args.platform, args.run_distribute, args.device_id)
     ms.set_seed(cfg.seed)
     dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path)
-    total_steps = cfg.epoch_size * steps_per_epoch
+    total_steps = len(lr)                                   # train_steps, or epoch_size whole epochs
+    epochs = -(-total_steps // steps_per_epoch)
+    sink = args.dataset_sink_mode == "on" or (args.dataset_sink_mode == "auto" and info.platform != "CPU")
+    if sink and total_steps % steps_per_epoch:
+        # A sunk epoch runs on the device in one go; it cannot stop at a step inside it.
+        raise ValueError(f"--train_steps {total_steps} must be a multiple of the {steps_per_epoch} steps per epoch "
+                         "with dataset sink mode (or use --dataset_sink_mode off)")
     start_step = 0
     if args.resume_checkpoint:
         resume_path, start_step = restore(train_cell, args.resume_checkpoint)
         if start_step >= total_steps:
-            print(f"checkpoint {resume_path} is at step {start_step}: the {total_steps} steps of "
-                  f"--epoch_size {cfg.epoch_size} are already done; nothing to train")
+            print(f"checkpoint {resume_path} is at step {start_step}: the {total_steps} steps of this run "
+                  f"are already done; nothing to train")
             return 0
         # MindSpore's failover support: the pipeline restarts at exactly this global step
         # (same epoch, same shuffle, the batches already trained on are skipped).
@@ -135,14 +143,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
               f"(epoch {start_step // steps_per_epoch + 1}, step {start_step % steps_per_epoch + 1} of "
               f"{steps_per_epoch})", flush=True)
     print(f"rank {info.rank}/{info.group_size} on {info.platform}: {steps_per_epoch} steps/epoch x "
-          f"{cfg.epoch_size} epochs, batch {cfg.batch_size}, lr {cfg.learning_rate * info.group_size:g}", flush=True)
-    sink = args.dataset_sink_mode == "on" or (args.dataset_sink_mode == "auto" and info.platform != "CPU")
-    callbacks = make_callbacks(cfg, info, steps_per_epoch, start_step)
+          f"{epochs} epochs = {total_steps} steps, batch {cfg.batch_size}, lr {cfg.learning_rate * info.group_size:g}",
+          flush=True)
+    callbacks = make_callbacks(cfg, info, steps_per_epoch, start_step, total_steps)
     if args.eval_dataset_path and info.rank == 0:
         callbacks.insert(1, learning_curve(args, cfg, info, net, lr, start_step))
     model = Model(train_cell)
     start = time.time()
-    model.train(cfg.epoch_size, dataset, callbacks=callbacks,
+    model.train(epochs, dataset, callbacks=callbacks,
                 dataset_sink_mode=sink, initial_epoch=start_step // steps_per_epoch)
     print(f"training finished in {time.time() - start:.1f} s; checkpoints in "
           f"{os.path.abspath(_checkpoint_dir(cfg, info))}", flush=True)

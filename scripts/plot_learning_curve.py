@@ -7,24 +7,20 @@ Needs matplotlib (optional: pip install matplotlib).
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from src.learning_curve import read_learning_curve  # noqa: E402  (the repository root is not on sys.path)
+
 
 def read_curve(path: str) -> List[Tuple[int, float, float, float]]:
-    """``(step, train_seconds, train_loss, eval_accuracy)`` rows; comment lines are skipped."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().strip().split(",")
-        for line in handle:
-            if not line.strip() or line.startswith("#"):
-                continue
-            row = dict(zip(header, line.strip().split(",")))
-            rows.append((int(row["step"]), float(row["train_seconds"]), float(row["train_loss"]),
-                         float(row["eval_accuracy"])))
+    """``(step, train_seconds, train_loss, eval_accuracy)`` rows, rows superseded by a resume dropped."""
+    rows = read_learning_curve(path)
     if not rows:
         raise ValueError(f"{path}: no learning-curve rows")
-    return rows
+    return [(r["step"], r["train_seconds"], r["train_loss"], r["eval_accuracy"]) for r in rows]
 
 
 def main(argv: List[str]) -> int:
@@ -44,8 +40,11 @@ def main(argv: List[str]) -> int:
         label, path = spec.split("=", 1)
         try:
             rows = read_curve(path)
-        except (OSError, ValueError, KeyError) as err:
-            print(f"plot_learning_curve.py: error: {path}: {err}", file=sys.stderr)
+        except OSError as err:
+            print(f"plot_learning_curve.py: error: {path}: {err.strerror}", file=sys.stderr)
+            return 2
+        except ValueError as err:
+            print(f"plot_learning_curve.py: error: {err}", file=sys.stderr)
             return 2
         steps = [r[0] for r in rows]
         loss_ax.plot(steps, [r[2] for r in rows], label=label)

@@ -1,7 +1,12 @@
 """Training callbacks that make a resumed run continue the original one's step count."""
 from __future__ import annotations
 
+import os
+import time
+
 from mindspore.train import Callback, ModelCheckpoint
+
+from src.learning_curve import HEADER, read_learning_curve, train_seconds_at
 
 
 class ResumePosition(Callback):
@@ -34,16 +39,32 @@ class StepCheckpoint(ModelCheckpoint):
         self._last_triggered_step = int(start_step)
 
 
+class StopAtStep(Callback):
+    """End the run after global step ``last_step`` (``--train_steps``), mid-epoch if need be.
+
+    Callbacks after it still see that step; ``ModelCheckpoint`` then saves it at train end.
+    """
+
+    def __init__(self, last_step: int):
+        super().__init__()
+        self.last_step = int(last_step)
+
+    def on_train_step_end(self, run_context):
+        if run_context.original_args().cur_step_num >= self.last_step:
+            run_context.request_stop()
+
+
 class LearningCurve(Callback):
     """Every ``every`` steps: evaluate on held-out images and append a row to a CSV file.
 
     Columns: ``step, epoch, train_seconds, lr, train_loss`` (mean over the steps since the last
     row), ``eval_accuracy, eval_cer``. ``train_seconds`` is cumulative training time across
-    resumed runs (read back from the CSV's last row); evaluation time is not counted in it.
-    A resume appends a ``# resumed at step N`` line, so resume points stay on record.
+    resumed runs, evaluation excluded; a resume picks it up at the resume step (interpolated
+    between the rows around it). Appending to an existing file writes ``# resumed at step N``
+    first, so resume points stay on record (see ``src.learning_curve``).
     """
 
-    HEADER = "step,epoch,train_seconds,lr,train_loss,eval_accuracy,eval_cer"
+    HEADER = HEADER
 
     def __init__(self, network, batches, every: int, csv_path: str, learning_rates, start_step: int = 0):
         super().__init__()
@@ -54,29 +75,21 @@ class LearningCurve(Callback):
         self.learning_rates = learning_rates
         self.start_step = int(start_step)
         self.losses = []
-        self.offset = 0.0
         self.clock = None
+        # Read now, not at train begin, so that a damaged file stops the run before it starts.
+        self.existing = os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0
+        rows = read_learning_curve(csv_path) if self.existing else []
+        self.offset = train_seconds_at(rows, self.start_step) if self.start_step else 0.0
 
     def on_train_begin(self, run_context):
-        import os
-        import time
-
-        exists = os.path.isfile(self.csv_path) and os.path.getsize(self.csv_path) > 0
-        if exists:
-            rows = [l for l in open(self.csv_path, encoding="utf-8").read().splitlines()
-                    if l and l[0].isdigit()]
-            if rows:
-                self.offset = float(rows[-1].split(",")[2])
         with open(self.csv_path, "a", encoding="utf-8") as handle:
-            if not exists:
+            if not self.existing:
                 handle.write(self.HEADER + "\n")
-            if self.start_step:
+            else:
                 handle.write(f"# resumed at step {self.start_step}\n")
         self.clock = time.time()
 
     def on_train_step_end(self, run_context):
-        import time
-
         cb_params = run_context.original_args()
         self.losses.append(float(cb_params.net_outputs.asnumpy()))
         step = cb_params.cur_step_num

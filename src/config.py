@@ -40,6 +40,8 @@ class Config:
     lr_schedule: str = field(default="step", metadata={"help": "step (x0.1 before epochs 10/20/30, the original) "
                                                                "or cosine (decay to 0 over the run)"})
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    train_steps: int = field(default=0, metadata={"help": "stop after this many steps, mid-epoch if need be; the "
+                                                          "schedule spans them (0 = epoch_size whole epochs)"})
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -133,6 +135,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+    if cfg.train_steps < 0:
+        raise ValueError(f"--train_steps must be >= 0, got {cfg.train_steps}")
     if cfg.warmup_steps < 0:
         raise ValueError(f"--warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.num_parallel_workers < 0:

@@ -5,25 +5,28 @@ import numpy as np
 
 
 def get_lr(epoch_size: int, step_size: int, lr_init: float, schedule: str = "step",
-           warmup_steps: int = 0) -> np.ndarray:
-    """One rate per step of ``epoch_size * step_size`` steps.
+           warmup_steps: int = 0, total_steps: int = 0) -> np.ndarray:
+    """One rate per step of ``epoch_size * step_size`` steps, or of ``total_steps`` when > 0.
 
     ``step`` (the original): before each epoch ``i`` (1-based) with ``i % 10 == 0`` the rate is
     x0.1, so epochs 1-9 use ``lr_init``, 10-19 ``0.1 * lr_init``, 20-29 ``0.01 *``, 30 ``0.001 *``.
     ``cosine``: half a cosine from ``lr_init`` down to 0 at the last step.
+    ``total_steps`` > 0 replaces ``epoch_size``: the step schedule is cut after that many steps
+    and the cosine reaches 0 at its last one.
     ``warmup_steps`` > 0 ramps linearly from ``lr_init / warmup_steps`` up to the schedule.
     """
-    if epoch_size <= 0 or step_size <= 0:
-        raise ValueError(f"epoch_size and step_size must be positive, got {epoch_size} and {step_size}")
-    total = epoch_size * step_size
+    if epoch_size <= 0 or step_size <= 0 or total_steps < 0:
+        raise ValueError(f"epoch_size and step_size must be positive and total_steps >= 0, got {epoch_size}, "
+                         f"{step_size} and {total_steps}")
+    total = total_steps or epoch_size * step_size
     if schedule == "step":
         rates = []
         lr = lr_init
-        for epoch in range(1, epoch_size + 1):
+        for epoch in range(1, -(-total // step_size) + 1):
             if epoch % 10 == 0:
                 lr *= 0.1
             rates.extend([lr] * step_size)
-        rates = np.array(rates, dtype=np.float64)
+        rates = np.array(rates[:total], dtype=np.float64)
     elif schedule == "cosine":
         rates = lr_init * 0.5 * (1.0 + np.cos(np.pi * np.arange(total) / total))
     else:

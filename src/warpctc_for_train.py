@@ -38,7 +38,8 @@ def build_train_cell(cfg, platform: str, steps_per_epoch: int, group_size: int =
     from src.lr_schedule import get_lr
     from src.warpctc import create_warpctc
 
-    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps)
+    lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps,
+                cfg.train_steps)
     net = create_warpctc(cfg, platform)
     loss = CTCLoss(max_sequence_length=cfg.captcha_width, batch_size=cfg.batch_size)
     if cfg.optimizer == "adam":

@@ -56,3 +56,6 @@ def test_recipe_options_are_validated():
         parse(["--optimizer", "rmsprop"])
     with pytest.raises(ValueError, match="--lr_schedule must be one of step, cosine"):
         parse(["--lr_schedule", "linear"])
+    assert Config().train_steps == 0 and parse(["--train_steps", "1700"]).train_steps == 1700
+    with pytest.raises(ValueError, match="--train_steps must be >= 0, got -5"):
+        parse(["--train_steps", "-5"])

@@ -126,3 +126,15 @@ def test_cosine_schedule_with_warmup():
     assert np.all(np.diff(lr[10:]) < 0) and 0 < lr[-1] < 1e-5
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         get_lr(1, 1, 0.1, schedule="linear")
+
+
+def test_train_steps_cut_the_step_schedule_and_span_the_cosine():
+    # --train_steps 47 at 5 steps/epoch: the original schedule, cut after step 47 ...
+    np.testing.assert_array_equal(get_lr(30, 5, 0.01, total_steps=47), get_lr(30, 5, 0.01)[:47])
+    np.testing.assert_allclose(get_lr(3, 5, 0.01, total_steps=47)[40:], [0.01] * 5 + [0.001] * 2, rtol=1e-6)   # past epoch_size
+    # ... and a cosine that ends at its last step, not at the end of an epoch.
+    lr = get_lr(2, 50, 0.001, schedule="cosine", warmup_steps=10, total_steps=137)
+    np.testing.assert_allclose(lr[10:], 0.001 * 0.5 * (1 + np.cos(np.pi * np.arange(10, 137) / 137)), rtol=1e-5)
+    assert lr.shape == (137,) and 0 < lr[-1] < 1e-6
+    with pytest.raises(ValueError, match="total_steps >= 0"):
+        get_lr(1, 5, 0.01, total_steps=-1)

@@ -130,15 +130,22 @@ def test_learning_curve_csv_survives_a_resume(data_root, tmp_path):
     base = [TRAIN, "--dataset_path", data_root / "train", *TINY, "--eval_dataset_path", data_root / "test",
             "--eval_every", "5", "--eval_images", "40", "--save_checkpoint_steps", "5",
             "--optimizer", "adam", "--learning_rate", "0.003", "--lr_schedule", "cosine", "--warmup_steps", "3"]
-    first = run_py(base + ["--epoch_size", "1"], cwd=tmp_path)
+    # --train_steps stops mid-epoch (10 steps per epoch here) and saves that step; the resume
+    # continues from inside epoch 2.
+    first = run_py(base + ["--train_steps", "13"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert "10 steps/epoch x 2 epochs = 13 steps" in first.stdout
+    assert re.findall(r"epoch: (\d+) step: (\d+),", first.stdout)[-1] == ("2", "3")
+    saved = ms.load_checkpoint(str(tmp_path / "checkpoint" / "warpctc-2_3.ckpt"))
+    assert int(saved["global_step"].asnumpy().reshape(-1)[0]) == 13
     second = run_py(base + ["--epoch_size", "2", "--resume_checkpoint", tmp_path / "checkpoint"], cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming from " in second.stdout and "at step 13 (epoch 2, step 4 of 10)" in second.stdout
     lines = (tmp_path / "checkpoint" / "learning_curve.csv").read_text().splitlines()
     assert lines[0] == "step,epoch,train_seconds,lr,train_loss,eval_accuracy,eval_cer"
-    assert lines[3] == "# resumed at step 10"
+    assert lines[4] == "# resumed at step 13"
     rows = [l.split(",") for l in lines[1:] if not l.startswith("#")]
-    assert [int(r[0]) for r in rows] == [5, 10, 15, 20]
+    assert [int(r[0]) for r in rows] == [5, 10, 13, 15, 20]
     seconds = [float(r[2]) for r in rows]
     assert seconds == sorted(seconds) and seconds[0] > 0       # cumulative across the resume
     for r in rows:

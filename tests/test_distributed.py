@@ -173,7 +173,8 @@ def test_both_ranks_finish_with_their_own_share_of_steps(cpu_run):
     for rank in range(RANKS):
         log = (run_dir / "logs" / f"worker_{rank}.log").read_text(errors="replace")
         # N / ranks / batch steps per epoch, and the learning rate scaled by the device count
-        assert f"rank {rank}/{RANKS} on CPU: {STEPS} steps/epoch x {EPOCHS} epochs, batch {BATCH}, lr {LR:g}" in log
+        assert (f"rank {rank}/{RANKS} on CPU: {STEPS} steps/epoch x {EPOCHS} epochs = {STEPS * EPOCHS} steps, "
+                f"batch {BATCH}, lr {LR:g}") in log
         assert [(e, s) for e, s, _ in logged_losses(run_dir / "logs" / f"worker_{rank}.log")] == \
             [(e, s) for e in range(1, EPOCHS + 1) for s in range(1, STEPS + 1)]
         assert f"checkpoints in {run_dir / 'checkpoint' / f'rank_{rank}'}" in log

@@ -64,8 +64,6 @@ class LearningCurve(Callback):
     first, so resume points stay on record (see ``src.learning_curve``).
     """
 
-    HEADER = HEADER
-
     def __init__(self, network, batches, every: int, csv_path: str, learning_rates, start_step: int = 0):
         super().__init__()
         self.network = network
@@ -84,7 +82,7 @@ class LearningCurve(Callback):
     def on_train_begin(self, run_context):
         with open(self.csv_path, "a", encoding="utf-8") as handle:
             if not self.existing:
-                handle.write(self.HEADER + "\n")
+                handle.write(HEADER + "\n")
             else:
                 handle.write(f"# resumed at step {self.start_step}\n")
         self.clock = time.time()

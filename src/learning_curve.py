@@ -18,7 +18,8 @@ def read_learning_curve(path: str) -> List[Dict[str, float]]:
     rows: List[Dict[str, float]] = []
     with open(path, encoding="utf-8") as handle:
         header = handle.readline().strip().split(",")
-        if "step" not in header or "train_seconds" not in header:
+        # Readers use every column (the plot: loss and accuracy), so the header must be the whole one.
+        if header != HEADER.split(","):
             raise ValueError(f"{path}: not a learning-curve CSV (header {','.join(header)!r})")
         for number, line in enumerate(handle, start=2):
             line = line.strip()

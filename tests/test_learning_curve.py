@@ -60,3 +60,12 @@ def test_train_refuses_a_curve_file_that_is_not_a_learning_curve(data_root, tmp_
                                      "(header 'name,value')")
     assert bad.read_text(encoding="utf-8") == "name,value\nx,1\n"     # left as it was
     assert not (tmp_path / "checkpoint").exists() or not os.listdir(tmp_path / "checkpoint")
+
+
+def test_a_header_missing_columns_is_refused(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("step,epoch,train_seconds\n100,1,300.0\n", encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        read_learning_curve(str(path))
+    assert str(err.value) == f"{path}: not a learning-curve CSV (header 'step,epoch,train_seconds')"
+

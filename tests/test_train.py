@@ -151,3 +151,13 @@ def test_learning_curve_csv_survives_a_resume(data_root, tmp_path):
     for r in rows:
         assert 0 <= float(r[5]) <= 1 and float(r[6]) >= 0 and float(r[4]) > 0
     assert float(rows[-1][4]) < float(rows[0][4])                # training loss falls
+
+
+def test_train_steps_inside_an_epoch_are_refused_with_dataset_sink_mode(data_root, tmp_path):
+    # 160 images at batch 16: 10 steps per epoch; a sunk epoch cannot stop at step 13.
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY,
+                   "--train_steps", "13", "--dataset_sink_mode", "on"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc) == ("train.py: error: --train_steps 13 must be a multiple of the 10 steps per "
+                                     "epoch with dataset sink mode (or use --dataset_sink_mode off)")
+    assert not (tmp_path / "checkpoint").exists()

@@ -42,6 +42,9 @@ class Config:
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
     train_steps: int = field(default=0, metadata={"help": "stop after this many steps, mid-epoch if need be; the "
                                                           "schedule spans them (0 = epoch_size whole epochs)"})
+    forget_bias: float = field(default=0.0, metadata={"help": "added to every LSTM forget-gate bias at "
+                                                              "initialisation (0 = MindSpore's default init, the "
+                                                              "original)"})
 
 
 OPTIMIZERS = ("sgd", "adam")

@@ -8,7 +8,7 @@ from src.config import Config
 from src.dataset import BLANK, NUM_CLASSES, encode_label
 from src.loss import CTCLoss
 from src.lr_schedule import get_lr
-from src.warpctc import StackedRNN, create_warpctc, parameter_count
+from src.warpctc import StackedRNN, create_warpctc, parameter_count, shift_forget_bias
 from src.warpctc_for_train import TrainOneStepCellWithGradClip
 
 ms.set_context(mode=ms.GRAPH_MODE)
@@ -32,6 +32,36 @@ def test_columns_are_time_steps():
     a, b = net(ms.Tensor(x)).asnumpy(), net(ms.Tensor(y)).asnumpy()
     np.testing.assert_array_equal(a[:100], b[:100])
     assert np.abs(a[100] - b[100]).max() > 0
+
+
+def test_forget_bias_shifts_exactly_the_forget_gate_of_every_layer():
+    ms.set_seed(4)
+    base = create_warpctc(Config(hidden_size=8))
+    ms.set_seed(4)
+    shifted = create_warpctc(Config(hidden_size=8, forget_bias=1.0))
+    for a, b in zip(base.get_parameters(), shifted.get_parameters()):
+        delta = b.asnumpy() - a.asnumpy()
+        expected = np.zeros_like(delta)
+        if ".bias_ih_l" in a.name:
+            expected[8:16] = 1.0
+        np.testing.assert_allclose(delta, expected, atol=1e-6, err_msg=a.name)
+    assert sum(".bias_ih_l" in p.name for p in base.get_parameters()) == 2
+
+
+def test_forget_bias_rows_are_the_forget_gate():
+    """With zero weights and inputs, the state only grows across steps when those rows say "keep"."""
+    lstm = nn.LSTM(3, 2, num_layers=1, has_bias=True)
+
+    def hidden_over_time(forget_bias):
+        for p in lstm.get_parameters():
+            p.set_data(ms.Tensor(np.full(p.shape, 20.0 if "bias_ih" in p.name else 0.0, np.float32)))
+        shift_forget_bias(lstm, 2, forget_bias)
+        y, _ = lstm(ms.Tensor(np.zeros((3, 1, 3), np.float32)))
+        return y.asnumpy()[:, 0, 0]
+
+    # Input, cell and output gates saturated at 1: c_t = f * c_{t-1} + 1, h_t = tanh(c_t).
+    np.testing.assert_allclose(hidden_over_time(-40.0), np.tanh([1.0, 1.0, 1.0]), rtol=1e-5)
+    np.testing.assert_allclose(hidden_over_time(0.0), np.tanh([1.0, 2.0, 3.0]), rtol=1e-5)
 
 
 def test_parameter_count_matches_formula():

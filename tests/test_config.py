@@ -59,3 +59,20 @@ def test_recipe_options_are_validated():
     assert Config().train_steps == 0 and parse(["--train_steps", "1700"]).train_steps == 1700
     with pytest.raises(ValueError, match="--train_steps must be >= 0, got -5"):
         parse(["--train_steps", "-5"])
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("original.yaml", dict(optimizer="sgd", learning_rate=0.01, lr_schedule="step", epoch_size=30, forget_bias=0.0)),
+    ("cpu_fast.yaml", dict(optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
+                           epoch_size=3, train_steps=0, forget_bias=0.0)),
+    ("cpu_60min.yaml", dict(optimizer="adam", lr_schedule="cosine", epoch_size=3, train_steps=1780, forget_bias=1.0)),
+    ("cpu_5ep.yaml", dict(optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
+                          epoch_size=5, train_steps=0, forget_bias=1.0)),
+])
+def test_shipped_configs_give_their_documented_recipe(name, expected):
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+    cfg = parse(["--config_path", path])
+    assert {key: getattr(cfg, key) for key in expected} == expected
+    # every recipe keeps the original network, batch and clipping
+    assert (cfg.hidden_size, cfg.batch_size, cfg.clip_global_norm) == (512, 64, 10.0)

@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a training from this checkpoint, or from the furthest one in this "
                              "folder: weights, optimizer momentum and the step/epoch position (the "
                              "learning-rate schedule and the data order continue where they stopped)")
+    parser.add_argument("--init_checkpoint", default=None,
+                        help="start a new training from these network weights (e.g. pretrained/warpctc.ckpt, "
+                             "to fine-tune): the optimizer state, the step and the learning-rate schedule "
+                             "start from zero; cannot be combined with --resume_checkpoint")
     parser.add_argument("--eval_dataset_path", default=None,
                         help="held-out PNG folder for a learning curve written during training")
     parser.add_argument("--eval_every", type=int, default=200, help="steps between learning-curve points (default: 200)")
@@ -130,6 +134,11 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         raise ValueError(f"--train_steps {total_steps} must be a multiple of the {steps_per_epoch} steps per epoch "
                          "with dataset sink mode (or use --dataset_sink_mode off)")
     start_step = 0
+    if args.init_checkpoint:
+        from src.checkpoint import load_into
+
+        load_into(net, args.init_checkpoint)
+        print(f"network weights from {args.init_checkpoint}; optimizer and schedule start at step 0", flush=True)
     if args.resume_checkpoint:
         resume_path, start_step = restore(train_cell, args.resume_checkpoint)
         if start_step >= total_steps:
@@ -162,6 +171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        if args.init_checkpoint and args.resume_checkpoint:
+            raise ValueError("--init_checkpoint starts a new training and --resume_checkpoint continues one: "
+                             "give only one of them")
         return run(args, cfg)
     except ValueError as err:
         return report_error("train.py", err)

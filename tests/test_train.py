@@ -161,3 +161,39 @@ def test_train_steps_inside_an_epoch_are_refused_with_dataset_sink_mode(data_roo
     assert last_error_line(proc) == ("train.py: error: --train_steps 13 must be a multiple of the 10 steps per "
                                      "epoch with dataset sink mode (or use --dataset_sink_mode off)")
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_init_checkpoint_starts_a_new_training_from_the_weights(data_root, trained, tmp_path):
+    work, reference = trained
+    source = work / "checkpoint" / "warpctc-3_10.ckpt"
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--epoch_size", "1",
+                   "--learning_rate", "0.02", "--init_checkpoint", source], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"network weights from {source}; optimizer and schedule start at step 0" in proc.stdout
+    record = losses(proc.stdout)
+    # A new training: steps count from 1 again (the source is at global step 30) ...
+    assert [(e, s) for e, s, _ in record] == [(1, s) for s in range(1, 11)]
+    saved = ms.load_checkpoint(str(tmp_path / "checkpoint" / "warpctc-1_10.ckpt"))
+    assert int(saved["global_step"].asnumpy().reshape(-1)[0]) == 10
+    # ... that starts from the trained weights: its first loss is the trained model's level,
+    # far below the first loss of a start from scratch.
+    scratch_first = losses(reference)[0][2]
+    trained_level = np.mean([v for *_, v in losses(reference)[-5:]])
+    assert record[0][2] < 0.3 * scratch_first and record[0][2] < 3 * trained_level, (record[0], scratch_first)
+    # the source checkpoint is untouched
+    assert int(ms.load_checkpoint(str(source))["global_step"].asnumpy().reshape(-1)[0]) == 30
+
+
+def test_init_checkpoint_errors_are_one_line_and_nothing_is_written(data_root, trained, tmp_path):
+    work, _ = trained
+    good = work / "checkpoint" / "warpctc-3_10.ckpt"
+    base = [TRAIN, "--dataset_path", data_root / "train", *TINY]
+    proc = run_py(base + ["--init_checkpoint", good, "--resume_checkpoint", good], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc).startswith("train.py: error: --init_checkpoint starts a new training and "
+                                            "--resume_checkpoint continues one: give only one of them")
+    proc = run_py(base + ["--init_checkpoint", tmp_path / "none.ckpt"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert last_error_line(proc) == f"train.py: error: checkpoint {tmp_path / 'none.ckpt'}: does not exist"
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoint").exists()

@@ -158,7 +158,6 @@ def _worker(job_dict, paths, out_dir, hard_deadline):
     test_x, test_y = _DATA["test"]
     start = time.time()
     perm, pos = None, steps_per_epoch
-    curve = []
     aborted = False
     for step in range(job.steps):
         if pos >= steps_per_epoch:
@@ -182,7 +181,6 @@ def _worker(job_dict, paths, out_dir, hard_deadline):
                     e.mul_(job.ema).add_(p.detach(), alpha=1 - job.ema)
         if (step + 1) % job.eval_every == 0 or step + 1 == job.steps:
             acc, _ = accuracy(test_x, test_y, limit=2000)
-            curve.append((step + 1, round(loss.item(), 4), acc, round(time.time() - start, 1)))
             with open(os.path.join(out_dir, "curves.jsonl"), "a") as f:
                 f.write(json.dumps({"name": job.name, "step": step + 1, "loss": loss.item(), "acc2000": acc}) + "\n")
         if time.time() > hard_deadline:
@@ -227,7 +225,7 @@ def main() -> int:
     _worker(asdict(Job(name="smoke", steps=40, eval_every=20)), paths, args.out, deadline + 60)
     _DATA.clear()
     ctx = mp.get_context("spawn")
-    with ctx.Pool(args.parallel, maxtasksperchild=None) as pool:
+    with ctx.Pool(args.parallel) as pool:
         pending = []
         for job in jobs:
             pending.append(pool.apply_async(_run_if_time, (asdict(job), paths, args.out, deadline)))

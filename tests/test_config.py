@@ -1,5 +1,6 @@
 """src/config.py: defaults of the original, YAML and command-line overrides."""
 import argparse
+import os
 
 import pytest
 
@@ -68,9 +69,10 @@ def test_recipe_options_are_validated():
     ("cpu_60min.yaml", dict(optimizer="adam", lr_schedule="cosine", epoch_size=3, train_steps=1780, forget_bias=1.0)),
     ("cpu_5ep.yaml", dict(optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
                           epoch_size=5, train_steps=0, forget_bias=1.0)),
+    ("cpu_finetune.yaml", dict(optimizer="adam", learning_rate=0.0005, lr_schedule="cosine", warmup_steps=100,
+                               epoch_size=2, train_steps=0)),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):
-    import os
     path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
     cfg = parse(["--config_path", path])
     assert {key: getattr(cfg, key) for key in expected} == expected

@@ -1,0 +1,157 @@
+"""What a captcha is: alphabet, maximum length and image size, and the CTC coding built on them.
+
+Everything that knows what a captcha looks like — the dataset, the network's class count, the
+loss's blank, the metric's decoding, predict, export and the renderer — takes a
+:class:`CaptchaSpec` instead of spelling digits, ``10``, ``11`` or ``64 * 3`` itself.
+
+Class coding: character ``charset[i]`` is class ``i``; the CTC blank is the last class,
+``len(charset)``. The digits default therefore keeps blank 10 and 11 classes, so checkpoints
+trained before the spec existed load unchanged.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import cached_property
+from dataclasses import asdict, dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+DIGITS = "0123456789"
+# Characters a label can never hold: they separate fields in labels.tsv and predict.py's output.
+_FORBIDDEN = set("\t\r\n")
+SPEC_KEY = "captcha_spec"      # name of the spec's JSON entry inside a checkpoint
+
+
+@dataclass(frozen=True)
+class CaptchaSpec:
+    """One captcha style: ``charset`` (distinct characters), labels of 1..``max_length`` of them,
+    images ``width`` x ``height`` pixels."""
+
+    charset: str = DIGITS
+    max_length: int = 4
+    width: int = 160
+    height: int = 64
+
+    def __post_init__(self):
+        if not self.charset:
+            raise ValueError("--charset is empty: give the characters a captcha can hold, e.g. 0123456789")
+        repeated = sorted({c for c in self.charset if self.charset.count(c) > 1})
+        if repeated:
+            raise ValueError(f"--charset {self.charset!r} repeats {''.join(repeated)!r}: every character "
+                             "must appear once")
+        bad = sorted(c for c in set(self.charset) if c in _FORBIDDEN or not c.isprintable() or c.isspace())
+        if bad:
+            raise ValueError(f"--charset {self.charset!r} holds unprintable or blank character(s) {bad!r}")
+        for name in ("max_length", "width", "height"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_OPTION[name]} must be positive, got {getattr(self, name)}")
+        if self.width < 2 * self.max_length:
+            # CTC must be able to emit max_length characters with a blank between repeats.
+            raise ValueError(f"--captcha_width {self.width} is too small for --max_captcha_digits "
+                             f"{self.max_length}: the network reads one column per step and CTC needs at "
+                             f"least {2 * self.max_length} steps")
+
+    @classmethod
+    def from_config(cls, cfg) -> "CaptchaSpec":
+        """The spec of a :class:`src.config.Config`."""
+        return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
+                   height=cfg.captcha_height)
+
+    # -- the network's view ----------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Characters plus the CTC blank."""
+        return len(self.charset) + 1
+
+    @property
+    def blank(self) -> int:
+        return len(self.charset)
+
+    @property
+    def input_height(self) -> int:
+        """Images are resized to a height that is a multiple of 16, as the original did."""
+        return math.ceil(self.height / 16) * 16
+
+    @property
+    def input_size(self) -> int:
+        """Features per time step: one pixel column, ``input_height`` rows x 3 channels."""
+        return self.input_height * 3
+
+    @property
+    def sequence_length(self) -> int:
+        """CTC time steps: one per image column."""
+        return self.width
+
+    # -- labels ----------------------------------------------------------------------------------
+    def check_label(self, label: str, source: str = "label") -> str:
+        """``label`` if it is 1..max_length characters of the alphabet, else ValueError naming ``source``."""
+        if not 1 <= len(label) <= self.max_length:
+            raise ValueError(f"{source}: label {label!r} has {len(label)} characters, expected 1 to "
+                             f"{self.max_length}")
+        for char in label:
+            if char not in self._index:
+                raise ValueError(f"{source}: label {label!r} holds {char!r}, which is not in the alphabet "
+                                 f"{self.charset!r}")
+        return label
+
+    @cached_property
+    def _index(self) -> dict:
+        return {c: i for i, c in enumerate(self.charset)}
+
+    def encode(self, label: str, source: str = "label") -> np.ndarray:
+        """``"407"`` -> ``[4, 0, 7, blank]``: int32 of length ``max_length``, right-padded with the blank."""
+        self.check_label(label, source)
+        index = self._index
+        coded = np.full((self.max_length,), self.blank, dtype=np.int32)
+        coded[:len(label)] = [index[c] for c in label]
+        return coded
+
+    def decode(self, coded: Sequence[int]) -> str:
+        """Class indices -> text; the blank and anything outside the alphabet are dropped."""
+        return "".join(self.charset[int(v)] for v in coded if 0 <= int(v) < self.blank)
+
+    def greedy_decode(self, logits: np.ndarray) -> List[str]:
+        """``(T, B, C)`` scores -> B strings: argmax per step, collapse repeats, drop blanks."""
+        return [text for text, _ in self.greedy_decode_with_confidence(logits)]
+
+    def greedy_decode_with_confidence(self, logits: np.ndarray) -> List[Tuple[str, float]]:
+        """Greedy CTC decoding plus a confidence in [0, 1] per sample.
+
+        The confidence is the probability of the best path: the product over time steps of the
+        largest softmax probability. A step that hesitates between two classes lowers it, so
+        wrong reads get low values (see README, Prediction).
+        """
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.ndim != 3 or logits.shape[-1] != self.num_classes:
+            raise ValueError(f"logits of shape {logits.shape} do not fit {self.num_classes} classes "
+                             "(expected (T, B, C))")
+        best = logits.argmax(axis=-1).T                                   # (B, T)
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        # log of the max softmax probability = -log(sum(exp(shifted))) since max(shifted) = 0
+        log_best = -np.log(np.exp(shifted).sum(axis=-1)).sum(axis=0)     # (B,)
+        keep = np.ones_like(best, dtype=bool)
+        keep[:, 1:] = best[:, 1:] != best[:, :-1]
+        keep &= best != self.blank
+        texts = ["".join(self.charset[c] for c in row[mask]) for row, mask in zip(best, keep)]
+        return [(text, float(np.exp(lb))) for text, lb in zip(texts, log_best)]
+
+    # -- storage ---------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "spec") -> "CaptchaSpec":
+        try:
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")})
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{source}: damaged captcha spec ({err})") from None
+
+    def describe(self) -> str:
+        """One line for logs: ``1-4 of '0123456789', 160x64``."""
+        return f"1-{self.max_length} of {self.charset!r}, {self.width}x{self.height}"
+
+
+_OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}

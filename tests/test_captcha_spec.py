@@ -1,0 +1,99 @@
+"""The captcha spec: alphabet checks, label coding and greedy CTC decoding for several alphabets."""
+import string
+
+import numpy as np
+import pytest
+
+from src.captcha_spec import CaptchaSpec
+
+ALNUM = string.digits + string.ascii_uppercase
+MIXED = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+def one_hot_path(spec, path):
+    """Logits (T, 1, C) whose argmax is ``path`` (class indices), confident at every step."""
+    logits = np.full((len(path), 1, spec.num_classes), -10.0, np.float32)
+    for t, c in enumerate(path):
+        logits[t, 0, c] = 10.0
+    return logits
+
+
+def test_digits_default_keeps_the_original_coding():
+    spec = CaptchaSpec()
+    assert (spec.num_classes, spec.blank, spec.input_height, spec.input_size) == (11, 10, 64, 192)
+    np.testing.assert_array_equal(spec.encode("407"), [4, 0, 7, 10])
+    assert spec.encode("407").dtype == np.int32
+    assert spec.decode([4, 0, 7, 10]) == "407"
+
+
+@pytest.mark.parametrize("charset", [string.digits, ALNUM, MIXED])
+def test_round_trips_for_every_alphabet(charset):
+    spec = CaptchaSpec(charset=charset, max_length=6)
+    blank = spec.blank
+    assert blank == len(charset) and spec.num_classes == len(charset) + 1
+    rng = np.random.default_rng(len(charset))
+    for _ in range(50):
+        label = "".join(rng.choice(list(charset), size=rng.integers(1, 7)))
+        coded = spec.encode(label)
+        assert spec.decode(coded) == label
+        # A CTC path: each character held for 1-3 steps, blanks between and around, and a blank
+        # wherever two equal characters meet (otherwise CTC would merge them).
+        path = [blank]
+        for i, c in enumerate(coded[coded != blank]):
+            if i and path[-1] == c:
+                path.append(blank)
+            path += [int(c)] * int(rng.integers(1, 4))
+            if rng.random() < 0.5:
+                path.append(blank)
+        assert spec.greedy_decode(one_hot_path(spec, path)) == [label]
+
+
+def test_case_matters_in_a_mixed_alphabet():
+    spec = CaptchaSpec(charset=MIXED)
+    assert spec.decode(spec.encode("aA")) == "aA"
+    assert spec.encode("a")[0] != spec.encode("A")[0]
+    with pytest.raises(ValueError, match="'a', which is not in the alphabet"):
+        CaptchaSpec(charset=ALNUM).encode("a", source="x.png")
+
+
+def test_confidence_is_the_best_path_probability():
+    spec = CaptchaSpec(charset="ab", max_length=2, width=4)
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]]))[:, None, :]
+    ((text, confidence),) = spec.greedy_decode_with_confidence(logits)
+    assert text == "ab"
+    assert confidence == pytest.approx(0.7 * 0.8 * 0.6 * 0.4)
+    # scores need not be normalised: softmax is taken first
+    ((_, shifted),) = spec.greedy_decode_with_confidence(logits + 5.0)
+    assert shifted == pytest.approx(confidence)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(charset=""), "--charset is empty"),
+    (dict(charset="0123456789A1"), "repeats '1'"),
+    (dict(charset="ab\tc"), "unprintable or blank"),
+    (dict(charset="ab c"), "unprintable or blank"),
+    (dict(max_length=0), "--max_captcha_digits must be positive"),
+    (dict(width=7), "--captcha_width 7 is too small for --max_captcha_digits 4"),
+])
+def test_bad_specs_are_one_line_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        CaptchaSpec(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("label, message", [
+    ("", "has 0 characters, expected 1 to 4"),
+    ("12345", "has 5 characters, expected 1 to 4"),
+    ("12x", "holds 'x', which is not in the alphabet '0123456789'"),
+])
+def test_bad_labels_name_the_source(label, message):
+    with pytest.raises(ValueError, match=message) as info:
+        CaptchaSpec().encode(label, source="data/0001-x.png")
+    assert str(info.value).startswith("data/0001-x.png: ")
+
+
+def test_json_round_trip_and_damage():
+    spec = CaptchaSpec(charset=MIXED, max_length=6, width=200, height=70)
+    assert CaptchaSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="ckpt: damaged captcha spec"):
+        CaptchaSpec.from_json('{"charset": "ab"}', source="ckpt")

@@ -4,12 +4,20 @@ Writes ``<file_name>.mindir`` (default) with a fixed input shape ``(export_batch
 the output is the logits ``(W, export_batch_size, 11)``, decoded with greedy CTC as in eval.
 ``--file_format CKPT`` writes a weights-only checkpoint (no optimizer state: ~14 MB), the
 form in which trained models are released.
+
+The file is written into a private temporary folder next to the target and moved into place
+when complete, so a failed export (full disk) never leaves a truncated file or harms an
+earlier export, and MindSpore's habit of chmod-ing the output folder to 0700 stays inside
+the temporary folder.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from src.cli import report_error
@@ -23,12 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export a WarpCTC checkpoint to MINDIR, ONNX, a weights-only CKPT "
                                                  "(for release) or AIR (Ascend).")
     parser.add_argument("--checkpoint_path", required=True, help="checkpoint (.ckpt) to export")
-    parser.add_argument("--file_name", default="warpctc", help="output file name without extension (default: warpctc)")
+    parser.add_argument("--file_name", default="warpctc", help="output file; the format's extension is added unless given (default: warpctc)")
     parser.add_argument("--file_format", default="MINDIR", choices=FORMATS, help="output format (default: MINDIR)")
     parser.add_argument("--export_batch_size", type=int, default=1,
                         help="fixed batch size of the exported graph (default: 1)")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     return add_config_arguments(parser)
+
+
+def output_path(file_name: str, file_format: str) -> str:
+    """The file ``export`` writes: ``file_name`` plus the format's extension unless it has it."""
+    ext = f".{file_format.lower()}"
+    return file_name if file_name.lower().endswith(ext) else file_name + ext
+
+
+def _private_folder(path: str) -> str:
+    """A new temporary folder beside ``path`` (same file system, so the final move is a rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--file_name {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--file_name {path}: is a folder")
+    try:
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    except OSError as err:
+        raise ValueError(f"--file_name {path}: cannot write in {folder}: {err.strerror}") from None
 
 
 def export(args: argparse.Namespace) -> str:
@@ -45,24 +72,36 @@ def export(args: argparse.Namespace) -> str:
     if args.file_format == "AIR" and args.platform != "Ascend":
         raise ValueError("--file_format AIR is only available with --platform Ascend")
     cfg = config_from_args(args)
-    set_up(args.platform)
-    net = load_network(args.checkpoint_path, cfg, args.platform,
-                       hidden_size_given="hidden_size" in explicit_overrides(args))
-    dummy = ms.Tensor(np.zeros((args.export_batch_size, 3, network_height(cfg.captcha_height), cfg.captcha_width),
-                               dtype=np.float32))
-    if args.file_format == "CKPT":
-        path = f"{args.file_name}.ckpt"
-        if os.path.abspath(path) == os.path.abspath(args.checkpoint_path):
-            raise ValueError(f"{path}: would overwrite the checkpoint being exported; choose another --file_name")
-        ms.save_checkpoint(net, path)
-        return path
+    path = output_path(args.file_name, args.file_format)
+    if args.file_format == "CKPT" and os.path.abspath(path) == os.path.abspath(args.checkpoint_path):
+        raise ValueError(f"{path}: would overwrite the checkpoint being exported; choose another --file_name")
+    work = _private_folder(path)
     try:
-        ms.export(net, dummy, file_name=args.file_name, file_format=args.file_format)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{args.file_format} export failed: {str(err).strip().splitlines()[0][:300]}") from None
-    path = f"{args.file_name}.{args.file_format.lower()}"
-    if not os.path.isfile(path):
-        raise ValueError(f"{args.file_format} export wrote no file {path}")
+        set_up(args.platform)
+        net = load_network(args.checkpoint_path, cfg, args.platform,
+                           hidden_size_given="hidden_size" in explicit_overrides(args))
+        dummy = ms.Tensor(np.zeros((args.export_batch_size, 3, network_height(cfg.captcha_height),
+                                    cfg.captcha_width), dtype=np.float32))
+        written = os.path.join(work, output_path("export", args.file_format))
+        # MindSpore logs its own multi-line CRITICAL message on a failed write; the error below says it once.
+        logging.disable(logging.CRITICAL)
+        try:
+            if args.file_format == "CKPT":
+                ms.save_checkpoint(net, written)
+            else:
+                ms.export(net, dummy, file_name=os.path.join(work, "export"), file_format=args.file_format)
+            if not os.path.isfile(written):
+                raise ValueError(f"{args.file_format} export wrote no file {path}")
+            os.replace(written, path)
+        except OSError as err:
+            kept = "the existing file is left as it was" if os.path.exists(path) else "nothing was written"
+            raise ValueError(f"{path}: cannot write the export: {err.strerror or err}; {kept}") from None
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"{args.file_format} export failed: {str(err).strip().splitlines()[0][:300]}") from None
+        finally:
+            logging.disable(logging.NOTSET)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return path
 
 

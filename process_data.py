@@ -3,26 +3,40 @@
 Each file is ``<zero-padded index>-<digits>.png``; the label is the part after the first
 ``-``. The same ``--seed`` gives the same labels and byte-identical images whatever the
 number of worker processes. A split is rendered into a hidden staging folder and swapped
-in only when complete, so a re-run never leaves old and new images mixed.
+in only when complete, so a re-run never leaves old and new images mixed; a split that fails
+(full disk, read-only folder) leaves the previous one as it was. Every split carries a
+``manifest.json`` saying how it was rendered (see ``src/manifest.py``). Staging folders left
+by a killed run are removed by the next run, and worker processes die with their parent.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import datetime
+import importlib.metadata
 import multiprocessing
 import os
 import random
 import re
 import shutil
+import signal
 import sys
 import time
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import captcha.image
 from captcha.image import ImageCaptcha
 
 from src.cli import report_error
+from src.config import check_sequence_length
+from src.manifest import MANIFEST_NAME, write_manifest
 
+# What labels are drawn from; the captcha spec of a later release will supply these.
+ALPHABET = "0123456789"
+MIN_LENGTH = 1
 FILE_RE = re.compile(r"^\d+-\d+\.png$")
+# Hidden folders of a run in progress: the split being rendered, and the split it replaces.
+LEFTOVER_RE = re.compile(r"^\.(?P<split>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
 class _SeededSecrets:
@@ -46,9 +60,9 @@ class _SeededSecrets:
 
 
 def sample_label(rng: random.Random, max_digits: int) -> str:
-    """A label of 1..max_digits digits, length and digits uniform."""
-    length = rng.randint(1, max_digits)
-    return "".join(str(rng.randrange(10)) for _ in range(length))
+    """A label of MIN_LENGTH..max_digits characters of ALPHABET, length and characters uniform."""
+    length = rng.randint(MIN_LENGTH, max_digits)
+    return "".join(ALPHABET[rng.randrange(len(ALPHABET))] for _ in range(length))
 
 
 def plan_split(count: int, max_digits: int, seed: int, split: str) -> List[Tuple[str, str]]:
@@ -63,10 +77,27 @@ def plan_split(count: int, max_digits: int, seed: int, split: str) -> List[Tuple
 
 
 _GENERATOR: ImageCaptcha | None = None
+_PARENT_PID: Optional[int] = None
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Pool initializer: make the worker die with the process that started it."""
+    global _PARENT_PID
+    _PARENT_PID = parent_pid
+    # The parent turns SIGTERM into a clean exit and handles Ctrl-C; in a worker either would
+    # only print a traceback, and Pool.terminate() stops workers with SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _render_one(job: Tuple[str, str, str, int, int]) -> None:
     path, label, image_seed, width, height = job
+    # Covers a parent killed before the initializer ran, and platforms without prctl.
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)
     global _GENERATOR
     if _GENERATOR is None or (_GENERATOR._width, _GENERATOR._height) != (width, height):
         _GENERATOR = ImageCaptcha(width=width, height=height)
@@ -76,38 +107,114 @@ def _render_one(job: Tuple[str, str, str, int, int]) -> None:
         image = _GENERATOR.generate_image(label)
     finally:
         captcha.image.secrets = saved
-    image.save(path, format="PNG")
+    try:
+        image.save(path, format="PNG")
+    except OSError as err:
+        # Pillow's error often lacks the file name (e.g. ENOSPC on close); the report needs it.
+        raise OSError(err.errno, err.strerror or str(err), path) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not); when unsure, True."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_leftovers(parent: str) -> List[str]:
+    """Clear the hidden folders that killed runs left in ``parent``; returns what was done.
+
+    Only folders whose process is gone are touched, so a concurrent run keeps its staging
+    folder. An unfinished split is deleted; a replaced split is deleted if the new one took
+    its place, else put back (the run died between the two renames of the swap).
+    """
+    done = []
+    for name in sorted(os.listdir(parent)):
+        match = LEFTOVER_RE.match(name)
+        path = os.path.join(parent, name)
+        if not match or not os.path.isdir(path) or _pid_alive(int(match.group("pid"))):
+            continue
+        target = os.path.join(parent, match.group("split"))
+        if match.group("kind") == "old" and not os.path.exists(target):
+            os.rename(path, target)
+            done.append(f"restored {target} from {name} (left by process {match.group('pid')}, now gone)")
+        else:
+            shutil.rmtree(path)
+            done.append(f"removed {path} (left by process {match.group('pid')}, now gone)")
+    return done
+
+
+def _swap_in(staging: str, out_dir: str) -> None:
+    """Put the complete ``staging`` folder in place of ``out_dir`` (which may not exist)."""
+    if not os.path.exists(out_dir):
+        os.rename(staging, out_dir)
+        return
+    retired = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.old-{os.getpid()}")
+    os.rename(out_dir, retired)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        os.rename(retired, out_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+    if os.path.exists(retired):
+        print(f"process_data.py: warning: could not delete the replaced split {retired}; "
+              f"the next run removes it", file=sys.stderr)
 
 
 def render_split(out_dir: str, count: int, *, width: int = 160, height: int = 64, max_digits: int = 4,
                  seed: int = 1, split: str = "train", workers: int = 1, progress: bool = True) -> List[str]:
-    """Render ``count`` captchas into ``out_dir`` (replaced as a whole) and return the file names."""
+    """Render ``count`` captchas into ``out_dir`` (replaced as a whole) and return the file names.
+
+    Bad arguments and environment failures (a full disk, a read-only folder) raise ValueError
+    with a one-line message naming the path; an existing ``out_dir`` is then left as it was.
+    """
     if count <= 0:
         raise ValueError(f"--{split}_count must be positive, got {count}")
+    check_sequence_length(width, max_digits)
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"{out_dir}: exists and is not a folder")
-        foreign = [name for name in os.listdir(out_dir) if not FILE_RE.match(name)]
+        foreign = [name for name in os.listdir(out_dir) if not FILE_RE.match(name) and name != MANIFEST_NAME]
         if foreign:
             raise ValueError(f"{out_dir}: holds files that process_data.py did not write "
                              f"(e.g. {sorted(foreign)[0]}); refusing to replace it, choose another --output_dir")
+    kept = "the existing folder is left as it was" if os.path.exists(out_dir) else "nothing was written"
     parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
-    os.makedirs(staging)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        for note in remove_leftovers(parent):
+            print(f"process_data.py: {note}", file=sys.stderr)
+        staging = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
+        os.makedirs(staging)
+    except OSError as err:
+        raise ValueError(f"{out_dir}: cannot write in {err.filename or parent}: {err.strerror or err}; "
+                         f"{kept}") from None
     plan = plan_split(count, max_digits, seed, split)
     jobs = [(os.path.join(staging, name), label, f"warpctc-image-{seed}-{split}-{i}", width, height)
             for i, (name, label) in enumerate(plan)]
     try:
         _run_jobs(jobs, workers, split, progress)
-        if os.path.exists(out_dir):
-            retired = os.path.join(parent, f".{os.path.basename(out_dir)}.old-{os.getpid()}")
-            os.rename(out_dir, retired)
-            os.rename(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, out_dir)
+        # Written last: a staging folder with a manifest is complete.
+        write_manifest(staging, {
+            "split": split, "count": count, "seed": seed, "width": width, "height": height,
+            "min_length": MIN_LENGTH, "max_length": max_digits, "alphabet": ALPHABET,
+            "captcha_version": importlib.metadata.version("captcha"),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        _swap_in(staging, out_dir)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        where = f" (writing {err.filename})" if err.filename else ""
+        raise ValueError(f"{out_dir}: rendering failed: {err.strerror or err}{where}; {kept}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -130,9 +237,17 @@ def _run_jobs(jobs: List[tuple], workers: int, split: str, progress: bool) -> No
             report(done)
         return
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         for done, _ in enumerate(pool.imap_unordered(_render_one, jobs, chunksize=64), 1):
             report(done)
+
+
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so that the staging folder is removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +277,9 @@ def parse_splits(text: str) -> List[str]:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for name in ("captcha_width", "captcha_height", "max_captcha_digits", "workers"):
             if getattr(args, name) <= 0:
@@ -176,9 +293,16 @@ def main(argv: Iterable[str] | None = None) -> int:
                          workers=args.workers, progress=not args.quiet)
             elapsed = time.time() - start
             print(f"{split}: {count} images in {os.path.abspath(out)} "
-                  f"({elapsed:.1f} s, {count / max(elapsed, 1e-9):.0f} images/s)")
+                  f"({elapsed:.1f} s, {count / max(elapsed, 1e-9):.0f} images/s)", flush=True)
     except ValueError as err:
         return report_error("process_data.py", err)
+    except (KeyboardInterrupt, Terminated) as err:
+        name = "SIGINT" if isinstance(err, KeyboardInterrupt) else str(err)
+        report_error("process_data.py", RuntimeError(
+            f"interrupted by {name}; the split being rendered was not written, earlier ones are complete"))
+        return 128 + signal.Signals[name].value
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

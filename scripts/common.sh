@@ -6,6 +6,10 @@
 SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$SCRIPTS_DIR")"
 PYTHON="${PYTHON:-python3}"
+# The launchers cd into their run folder, where a relative interpreter path would not resolve.
+if [[ "$PYTHON" == */* && "$PYTHON" != /* ]]; then
+    PYTHON="$(pwd)/$PYTHON"
+fi
 PLATFORMS="Ascend GPU CPU"
 
 die() {
@@ -39,20 +43,42 @@ check_platform() {
     die "unknown platform '$1' (expected one of: $PLATFORMS)"
 }
 
+# log_header LOG_FILE COMMAND... : append the dated line that opens a run's part of a log. Logs
+# are only ever appended to, so a second run in the same folder keeps the first run's log.
+log_header() {
+    local log="$1"
+    shift
+    {
+        [[ -s "$log" ]] && echo
+        echo "===== $(date '+%Y-%m-%d %H:%M:%S %z') $(basename "$0"): $(quote_cmd "$@")"
+    } 2> /dev/null >> "$log" || die "cannot write the log $log"
+}
+
 # run_logged FOREGROUND LOG_FILE COMMAND... : run in the foreground (output also to the log,
-# exit status passed through) or in the background (output only to the log).
+# exit status passed through) or in the background (output only to the log), appending to the
+# log after a log_header line.
 run_logged() {
     local foreground="$1" log="$2"
     shift 2
+    log_header "$log" "$@"
     if [[ "$foreground" == 1 ]]; then
         set +e
-        "$@" 2>&1 | tee "$log"
+        "$@" 2>&1 | tee -a "$log"
         local status=${PIPESTATUS[0]}
         set -e
         return "$status"
     fi
-    nohup "$@" > "$log" 2>&1 &
+    nohup "$@" >> "$log" 2>&1 &
     echo "started in the background as PID $!; follow it with: tail -f '$log'"
+}
+
+# log_line LOG_FILE -> "LOG_FILE", plus a note when earlier runs' output is already in it.
+log_line() {
+    if [[ -s "$1" ]]; then
+        printf '%s (appending: earlier runs stay above)\n' "$1"
+    else
+        printf '%s\n' "$1"
+    fi
 }
 
 # ---- distributed launchers (run_distribute_train*.sh) ----
@@ -127,7 +153,7 @@ parse_rank_size_launch() {
 run_folder() {
     local dir="${WARPCTC_RUN_DIR:-$REPO_DIR/runs/$1}" create="${2:-1}"
     if [[ "$create" == 1 ]]; then
-        mkdir -p "$dir" || die "cannot create the working folder $dir"
+        mkdir -p "$dir" 2> /dev/null || die "cannot create the working folder $dir"
         (cd "$dir" && pwd)
         return 0
     fi

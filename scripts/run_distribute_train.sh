@@ -57,11 +57,12 @@ for i in "${!ranks[@]}"; do
             --save_checkpoint_path "$run_dir/checkpoint" "$@")
     if [[ "$DRY_RUN" == 1 ]]; then
         echo "rank $rank: device ${devices[$i]}, folder $rank_dir, log $log, checkpoints $run_dir/checkpoint/rank_$rank"
-        echo "  cd $(quote_cmd "$rank_dir") && nohup $(quote_cmd "${launch[@]}") > $(quote_cmd "$log") 2>&1 < /dev/null &"
+        echo "  cd $(quote_cmd "$rank_dir") && nohup $(quote_cmd "${launch[@]}") >> $(quote_cmd "$log") 2>&1 < /dev/null &"
         continue
     fi
     mkdir -p "$rank_dir"
-    (cd "$rank_dir" && exec nohup "${launch[@]}" > "$log" 2>&1 < /dev/null) &
+    log_header "$log" "${launch[@]}"
+    (cd "$rank_dir" && exec nohup "${launch[@]}" >> "$log" 2>&1 < /dev/null) &
     pids+=("$!")
     echo "rank $rank: device ${devices[$i]}, PID $!, log $log"
 done

@@ -21,7 +21,7 @@ log="$run_dir/eval.log"
 echo "dataset: $dataset_path"
 echo "checkpoint: $checkpoint_path"
 echo "platform: $platform"
-echo "log: $log"
+echo "log: $(log_line "$log")"
 cd "$run_dir"
 run_logged 1 "$log" "$PYTHON" "$REPO_DIR/eval.py" --dataset_path "$dataset_path" \
     --checkpoint_path "$checkpoint_path" --platform "$platform" "$@"

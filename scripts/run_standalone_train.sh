@@ -2,7 +2,8 @@
 # Train on one device.
 # Usage: bash run_standalone_train.sh [DATASET_PATH] [PLATFORM] [--foreground] [train.py options...]
 #   PLATFORM: Ascend, GPU or CPU. Runs in the background unless --foreground is given.
-#   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/standalone_train): log and checkpoints.
+#   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/standalone_train): checkpoints, and the log
+#   train.log, which every run appends to after a dated line (an earlier run's log is kept).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 usage="Usage: bash $(basename "$0") [DATASET_PATH] [PLATFORM] [--foreground] [train.py options...]"
@@ -19,13 +20,11 @@ if [[ "${1:-}" == "--foreground" ]]; then
     foreground=1
     shift
 fi
-run_dir="${WARPCTC_RUN_DIR:-$REPO_DIR/runs/standalone_train}"
-mkdir -p "$run_dir"
-run_dir="$(cd "$run_dir" && pwd)"
+run_dir="$(run_folder standalone_train)"
 log="$run_dir/train.log"
 echo "dataset: $dataset_path"
 echo "platform: $platform"
-echo "log: $log"
+echo "log: $(log_line "$log")"
 echo "checkpoints: $run_dir/checkpoint (unless --save_checkpoint_path says otherwise)"
 cd "$run_dir"
 run_logged "$foreground" "$log" "$PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" \

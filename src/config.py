@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -61,6 +63,17 @@ def _str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
+def _finite_float(text: str) -> float:
+    """A float from the command line or a YAML string such as ``1e-3``; nan and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _field_type(f: dataclasses.Field) -> type:
     # With `from __future__ import annotations` the annotation is a string.
     return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
@@ -73,7 +86,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                        help="optional YAML file overriding the defaults; the command line overrides it")
     for f in CONFIG_FIELDS.values():
         kind = _field_type(f)
-        group.add_argument(f"--{f.name}", type=_str2bool if kind is bool else kind, default=None,
+        parse = {bool: _str2bool, float: _finite_float}.get(kind, kind)
+        group.add_argument(f"--{f.name}", type=parse, default=None,
                            metavar=kind.__name__.upper(),
                            help=f"{f.metadata['help']} (default: {f.default})")
     return parser
@@ -90,10 +104,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             except argparse.ArgumentTypeError as err:
                 raise ValueError(f"{source}: '{name}' {err}") from None
         raise ValueError(f"{source}: '{name}' must be true or false, got {value!r}")
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if kind is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        # PyYAML reads an exponent without a dot (1e-3) as a string; the command line takes it.
+        try:
+            return _finite_float(str(value))
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"{source}: '{name}' must be a finite float, got {value!r}") from None
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if kind is int and isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+        return int(value)     # a quoted "64": what the command line accepts, nothing looser
     if kind is str and isinstance(value, str):
         return value
     raise ValueError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
@@ -121,6 +141,19 @@ def load_yaml_overrides(path: str) -> dict:
     return {name: _coerce(name, value, f"config file {path}") for name, value in data.items()}
 
 
+def check_sequence_length(captcha_width: int, max_captcha_digits: int) -> None:
+    """Refuse images too narrow for CTC to emit the longest label (the one rule for every script).
+
+    The network reads one time step per pixel column, and CTC needs up to two steps per
+    character (a blank must separate repeated ones), so the width must be at least twice the
+    longest label.
+    """
+    if captcha_width < 2 * max_captcha_digits:
+        raise ValueError(f"--captcha_width {captcha_width} is too small for --max_captcha_digits "
+                         f"{max_captcha_digits}: CTC reads one step per pixel column and needs at least "
+                         f"2 x {max_captcha_digits} = {2 * max_captcha_digits}")
+
+
 def validate(cfg: Config) -> Config:
     """Reject values no run can use, naming the option."""
     positive = ("max_captcha_digits", "captcha_width", "captcha_height", "batch_size", "epoch_size",
@@ -128,6 +161,7 @@ def validate(cfg: Config) -> Config:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    check_sequence_length(cfg.captcha_width, cfg.max_captcha_digits)
     if cfg.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
     if not 0 <= cfg.momentum < 1:

@@ -78,3 +78,45 @@ def test_shipped_configs_give_their_documented_recipe(name, expected):
     assert {key: getattr(cfg, key) for key in expected} == expected
     # every recipe keeps the original network, batch and clipping
     assert (cfg.hidden_size, cfg.batch_size, cfg.clip_global_norm) == (512, 64, 10.0)
+
+
+def test_yaml_numbers_that_pyyaml_reads_as_strings_are_accepted_like_the_command_line(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as the string '1e-3'; the command line has always taken it.
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-3\nforget_bias: -1E0\nbatch_size: '32'\n")
+    cfg = parse(["--config_path", str(path)])
+    assert (cfg.learning_rate, cfg.forget_bias, cfg.batch_size) == (0.001, -1.0, 32)
+    assert parse(["--learning_rate", "1e-3"]).learning_rate == cfg.learning_rate
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: fast\n", "'learning_rate' must be a finite float, got 'fast'"),
+    ("learning_rate: .nan\n", "'learning_rate' must be a finite float, got nan"),
+    ("clip_global_norm: inf\n", "'clip_global_norm' must be a finite float, got 'inf'"),
+    ("batch_size: 32.0\n", "'batch_size' must be int, got 32.0"),
+    ("batch_size: '3e1'\n", "'batch_size' must be int, got '3e1'"),
+])
+def test_yaml_numbers_stay_strict_where_a_guess_is_not_safe(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        parse(["--config_path", str(path)])
+    assert str(err.value) == f"config file {path}: {message}"
+
+
+def test_command_line_refuses_non_finite_floats(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--learning_rate", "nan"])
+    assert exit_info.value.code == 2
+    assert "argument --learning_rate: expected a finite number, got 'nan'" in capsys.readouterr().err
+
+
+def test_images_must_be_at_least_twice_as_wide_as_the_longest_label():
+    # CTC emits one symbol per column and needs a blank between repeated characters.
+    assert parse(["--captcha_width", "8"]).captcha_width == 8
+    with pytest.raises(ValueError) as err:
+        parse(["--captcha_width", "7"])
+    assert str(err.value) == ("--captcha_width 7 is too small for --max_captcha_digits 4: CTC reads one step per "
+                              "pixel column and needs at least 2 x 4 = 8")
+    with pytest.raises(ValueError, match="--captcha_width 10 is too small for --max_captcha_digits 6"):
+        parse(["--captcha_width", "10", "--max_captcha_digits", "6"])

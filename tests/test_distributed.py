@@ -295,12 +295,12 @@ def test_ascend_dry_run_prints_each_rank_env_folder_and_command(data_root, tmp_p
         assert words[:3] == ["cd", str(folder), "&&"]
         assert words[3:9] == ["nohup", "env", f"RANK_TABLE_FILE={table}", f"RANK_SIZE={len(devices)}",
                               f"RANK_ID={rank}", f"DEVICE_ID={device}"]
-        train_args = words[9:words.index(">")]
+        train_args = words[9:words.index(">>")]
         assert train_args == [sys.executable, os.path.join(REPO, "train.py"), "--dataset_path",
                               str(data_root / "train"), "--platform", "Ascend", "--run_distribute",
                               "--save_checkpoint_path", str(run_dir / "checkpoint"), "--epoch_size", "1",
                               "--hidden_size", "32"]
-        assert words[words.index(">") + 1] == str(folder / "train.log")
+        assert words[words.index(">>") + 1] == str(folder / "train.log")
     assert not run_dir.exists()             # a dry run creates nothing
 
 
@@ -331,6 +331,8 @@ def test_ascend_launcher_starts_one_process_per_device_in_its_own_folder(data_ro
         folder = run_dir / f"rank_{rank}"
         assert f"rank {rank}: device {device}, PID " in proc.stdout and str(folder / "train.log") in proc.stdout
         log = (folder / "train.log").read_text().splitlines()
+        assert log[0].startswith("===== ") and "run_distribute_train.sh: env RANK_TABLE_FILE=" in log[0]
+        log = log[1:]
         assert log[0] == f"cwd={folder}"
         assert log[1] == f"env RANK_TABLE_FILE={table} RANK_SIZE=3 RANK_ID={rank} DEVICE_ID={device}"
         assert log[2].startswith(f"args {REPO}/train.py --dataset_path {data_root / 'train'} --platform Ascend "

@@ -1,5 +1,7 @@
-"""The learning-curve CSV across resumes: superseded rows, interpolated clock, damaged files."""
+"""The learning-curve CSV across resumes (superseded rows, interpolated clock, damaged files) and its plot."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,47 @@ def test_a_header_missing_columns_is_refused(tmp_path):
         read_learning_curve(str(path))
     assert str(err.value) == f"{path}: not a learning-curve CSV (header 'step,epoch,train_seconds')"
 
+
+
+PLOT = os.path.join(REPO, "scripts", "plot_learning_curve.py")
+
+
+def test_plot_draws_the_error_rate_on_a_log_axis_with_reference_lines(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_learning_curve", PLOT)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    path = write(tmp_path / "c.csv",
+                 "100,1,60.0,0.01,20.0,0.0000,1.0000",
+                 "200,1,120.0,0.01,1.00,0.9500,0.0200",
+                 "300,1,180.0,0.01,0.10,0.9920,0.0030",
+                 "400,1,240.0,0.01,0.05,1.0000,0.0000")
+    fig = plot.draw([("run", plot.read_curve(path))])
+    loss_ax, err_ax = fig.axes
+    assert loss_ax.get_yscale() == "log" and err_ax.get_yscale() == "log"
+    curve, *references = err_ax.get_lines()
+    # 100 % error at first, then 5 % and 0.8 %; no error at all sits on the floor the label names.
+    assert list(curve.get_ydata()) == pytest.approx([100.0, 5.0, 0.8, plot.ZERO_ERROR_FLOOR])
+    assert sorted(line.get_ydata()[0] for line in references) == [1.0, 2.0, 5.0]
+    assert "(no error drawn at 0.01 %)" in err_ax.get_ylabel()
+    assert err_ax.get_ylim()[0] <= plot.ZERO_ERROR_FLOOR
+    proc = run_py([PLOT, tmp_path / "curve.png", f"run={path}"])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = run_py([PLOT, tmp_path / "nope" / "curve.png", f"run={path}"])
+    assert proc.returncode == 2
+    assert proc.stderr == f"plot_learning_curve.py: error: {tmp_path / 'nope' / 'curve.png'}: No such file or directory\n"
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path):
+    # A package that fails to import stands in for a missing matplotlib.
+    (tmp_path / "matplotlib").mkdir()
+    (tmp_path / "matplotlib" / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    path = write(tmp_path / "c.csv", "100,1,60.0,0.01,20.0,0.5,0.3")
+    proc = subprocess.run([sys.executable, PLOT, str(tmp_path / "curve.png"), f"run={path}"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "plot_learning_curve.py: error: matplotlib is not installed (pip install matplotlib)\n"
+    assert not (tmp_path / "curve.png").exists()

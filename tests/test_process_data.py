@@ -1,20 +1,55 @@
-"""process_data.py: names, labels, counts, reproducibility, safe re-runs."""
+"""process_data.py: names, labels, counts, reproducibility, safe re-runs, manifests, failures."""
+import importlib.metadata
+import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from PIL import Image
 
 import process_data
-from src.dataset import parse_label
+from src.dataset import list_samples, parse_label
+from src.manifest import check_compatible, describe_split, read_manifest
 from conftest import REPO, run_py
+
+PROCESS_DATA = os.path.join(REPO, "process_data.py")
+CAPTCHA_VERSION = importlib.metadata.version("captcha")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 2 MB tmpfs (a disk that fills up; remount it read-only with ``remount_ro``), unmounted after."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def remount_ro(mount_point):
+    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+
+
+def snapshot(folder):
+    """Every file of a folder with its bytes."""
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
 
 
 def test_names_labels_and_counts(tmp_path):
     rc = process_data.main(["--output_dir", str(tmp_path), "--train_count", "120", "--test_count", "30",
                             "--workers", "2", "--quiet"])
     assert rc == 0
-    train = sorted(os.listdir(tmp_path / "train"))
-    test = sorted(os.listdir(tmp_path / "test"))
+    train = sorted(n for n in os.listdir(tmp_path / "train") if n.endswith(".png"))
+    test = sorted(n for n in os.listdir(tmp_path / "test") if n.endswith(".png"))
     assert len(train) == 120 and len(test) == 30
     assert train[0].startswith("000-") and train[-1].startswith("119-")   # width = digits of the count
     assert test[0].startswith("00-")
@@ -39,7 +74,7 @@ def test_rerun_replaces_folder_without_mixing(tmp_path):
     out = tmp_path / "train"
     first = process_data.render_split(str(out), 50, seed=1, progress=False)
     second = process_data.render_split(str(out), 20, seed=2, progress=False)
-    assert sorted(os.listdir(out)) == sorted(second)
+    assert sorted(os.listdir(out)) == sorted(second + ["manifest.json"])
     assert len(set(first) - set(second)) > 0                 # the old run had other files, now gone
     assert sorted(os.listdir(tmp_path)) == ["train"]       # no staging folder left behind
 
@@ -62,3 +97,158 @@ def test_cli_help_documents_every_option_and_errors_are_one_line(tmp_path):
     bad = run_py([os.path.join(REPO, "process_data.py"), "--output_dir", str(tmp_path), "--train_count", "0"])
     assert bad.returncode == 2
     assert bad.stderr.strip() == "process_data.py: error: --train_count must be positive, got 0"
+
+
+def test_manifest_describes_each_split_and_readers_ignore_it(tmp_path):
+    assert process_data.main(["--output_dir", str(tmp_path), "--train_count", "40", "--test_count", "16",
+                              "--seed", "5", "--captcha_width", "120", "--max_captcha_digits", "3",
+                              "--workers", "2", "--quiet"]) == 0
+    train, test = tmp_path / "train", tmp_path / "test"
+    info = read_manifest(str(train))
+    assert {k: info[k] for k in ("split", "count", "seed", "width", "height", "min_length", "max_length",
+                                 "alphabet", "captcha_version")} == \
+        dict(split="train", count=40, seed=5, width=120, height=64, min_length=1, max_length=3,
+             alphabet="0123456789", captcha_version=CAPTCHA_VERSION)
+    assert describe_split(str(train)) == \
+        f"{train}: 40 images, seed 5, 120x64, 1-3 chars of 0123456789, captcha {CAPTCHA_VERSION}"
+    # The dataset reader takes the images only.
+    assert len(list_samples(str(train), max_digits=3)) == 40 and len(list_samples(str(test), max_digits=3)) == 16
+    # A run killed before it reached test leaves a new train beside the old test: the lines show it.
+    process_data.render_split(str(train), 24, seed=6, width=120, max_digits=3, progress=False)
+    assert describe_split(str(train)).startswith(f"{train}: 24 images, seed 6, 120x64")
+    assert describe_split(str(test)).startswith(f"{test}: 16 images, seed 5, 120x64")
+    assert check_compatible(str(train), str(test)) is None
+    process_data.render_split(str(train), 24, seed=6, width=160, max_digits=3, progress=False)
+    assert check_compatible(str(train), str(test)) == \
+        f"{train} and {test} were rendered differently: width 160 vs 120"
+    # A file deleted since rendering is visible too.
+    os.remove(sorted(train.glob("*.png"))[0])
+    assert describe_split(str(train)).endswith("(but the folder now holds 23 .png files)")
+
+
+def test_folder_without_manifest_is_user_data_and_a_damaged_one_is_named(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "1-23.png").write_bytes(b"")
+    assert read_manifest(str(user)) is None and describe_split(str(user)) is None
+    out = tmp_path / "train"
+    process_data.render_split(str(out), 10, progress=False)
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text()[:30])
+    with pytest.raises(ValueError) as err:
+        describe_split(str(out))
+    assert str(err.value).startswith(f"{manifest}: damaged dataset manifest (invalid JSON")
+    manifest.write_text(json.dumps({"split": "train", "count": "ten"}))
+    with pytest.raises(ValueError, match=f"{manifest}: damaged dataset manifest \\('count' missing or not int\\)"):
+        read_manifest(str(out))
+
+
+def test_images_too_narrow_for_ctc_are_refused_before_anything_is_written(tmp_path):
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--captcha_width", "7"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("process_data.py: error: --captcha_width 7 is too small for --max_captcha_digits "
+                                   "4: CTC reads one step per pixel column and needs at least 2 x 4 = 8")
+    assert not (tmp_path / "data").exists()
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--captcha_width", "8", "--splits", "test",
+                   "--test_count", "3", "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_full_disk_is_one_line_and_keeps_the_existing_split(tmpfs):
+    process_data.render_split(str(tmpfs / "train"), 20, seed=1, progress=False)
+    before = snapshot(tmpfs / "train")
+    proc = run_py([PROCESS_DATA, "--output_dir", tmpfs, "--splits", "train", "--train_count", "2000",
+                   "--workers", "2", "--quiet"])
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith(f"process_data.py: error: {tmpfs / 'train'}: rendering failed: No space left on device")
+    assert line.endswith("; the existing folder is left as it was")
+    assert snapshot(tmpfs / "train") == before
+    assert sorted(os.listdir(tmpfs)) == ["train"]             # the staging folder is gone
+
+
+def test_read_only_folder_is_one_line_and_keeps_the_existing_split(tmpfs):
+    process_data.render_split(str(tmpfs / "train"), 10, seed=1, progress=False)
+    before = snapshot(tmpfs / "train")
+    remount_ro(tmpfs)
+    proc = run_py([PROCESS_DATA, "--output_dir", tmpfs, "--splits", "train", "--train_count", "10", "--quiet"])
+    assert proc.returncode == 2
+    assert re.fullmatch(f"process_data.py: error: {tmpfs / 'train'}: cannot write in {tmpfs}/\\.train\\.partial-"
+                        f"\\d+: Read-only file system; the existing folder is left as it was\n", proc.stderr)
+    assert snapshot(tmpfs / "train") == before
+
+
+def children(pid):
+    """PIDs of the processes whose parent is ``pid``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def running(pid):
+    """Whether ``pid`` exists and is not a zombie (an orphan's zombie may wait for a busy init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_rendering(out, count=4000):
+    """process_data.py rendering ``count`` train images with 2 workers; returns once both render."""
+    proc = subprocess.Popen([sys.executable, PROCESS_DATA, "--output_dir", str(out), "--splits", "train",
+                             "--train_count", str(count), "--workers", "2", "--quiet"],
+                            env={**os.environ, "PYTHONPATH": REPO}, stderr=subprocess.PIPE, text=True)
+    staging = out / f".train.partial-{proc.pid}"
+    deadline = time.time() + 120
+    while not (staging.is_dir() and len(os.listdir(staging)) >= 200):
+        assert proc.poll() is None and time.time() < deadline, "rendering did not start"
+        time.sleep(0.1)
+    return proc, staging
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_run_stops_its_workers_and_the_next_run_clears_what_it_left(tmp_path):
+    out = tmp_path / "data"
+    proc, staging = start_rendering(out)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    at_kill = len(os.listdir(staging))
+    deadline = time.time() + 30
+    while any(running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.01)
+    assert not any(running(w) for w in workers), "workers outlived their parent"
+    # Orphaned workers used to render the rest of their chunk (dozens of images); now each may at
+    # most finish the file it was writing when the parent died.
+    assert len(os.listdir(staging)) - at_kill <= len(workers)
+    assert staging.is_dir()                              # SIGKILL leaves it; the next run must clear it
+    # A staging folder of a live process (a concurrent run) must survive the next run.
+    live = out / f".test.partial-{os.getpid()}"
+    live.mkdir()
+    again = run_py([PROCESS_DATA, "--output_dir", out, "--splits", "train", "--train_count", "12", "--quiet"])
+    assert again.returncode == 0, again.stderr
+    assert f"process_data.py: removed {staging} (left by process {proc.pid}, now gone)" in again.stderr
+    assert sorted(os.listdir(out)) == [live.name, "train"]
+    assert len(list_samples(str(out / "train"))) == 12
+
+
+def test_terminated_run_removes_its_staging_folder_and_keeps_the_old_split(tmp_path):
+    out = tmp_path / "data"
+    process_data.render_split(str(out / "train"), 10, seed=3, progress=False)
+    before = snapshot(out / "train")
+    proc, staging = start_rendering(out)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert stderr.strip() == ("process_data.py: error: interrupted by SIGTERM; the split being rendered was not "
+                              "written, earlier ones are complete")
+    assert sorted(os.listdir(out)) == ["train"] and snapshot(out / "train") == before

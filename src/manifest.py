@@ -1,0 +1,98 @@
+"""The manifest ``process_data.py`` writes into every split it renders (``<split>/manifest.json``).
+
+It records how the split was made (seed, count, image size, label lengths, alphabet, captcha
+version), so that a train and a test folder rendered by different runs can be told apart:
+``train.py`` and ``eval.py`` print :func:`describe_split`. Folders without a manifest (data a
+user brought) are fine and described as ``None``; a manifest that cannot be read is an error.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+MANIFEST_NAME = "manifest.json"
+
+# Field -> accepted type; the manifest must carry all of them.
+FIELDS: Dict[str, type] = {
+    "split": str,
+    "count": int,
+    "seed": int,
+    "width": int,
+    "height": int,
+    "min_length": int,
+    "max_length": int,
+    "alphabet": str,
+    "captcha_version": str,
+    "created": str,
+}
+# Fields that decide what the network sees; two splits that differ in one cannot share a model.
+IMAGE_FIELDS = ("width", "height", "min_length", "max_length", "alphabet", "captcha_version")
+
+
+def write_manifest(folder: str, info: Dict[str, Any]) -> str:
+    """Write ``info`` (every key of :data:`FIELDS`) as ``<folder>/manifest.json``; returns its path."""
+    missing = sorted(set(FIELDS) - set(info))
+    if missing:
+        raise ValueError(f"manifest for {folder}: missing {', '.join(missing)}")
+    path = os.path.join(folder, MANIFEST_NAME)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({name: info[name] for name in FIELDS}, handle, indent=1)
+        handle.write("\n")
+    return path
+
+
+def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
+    """The manifest of a split folder, or None when it has none; ValueError naming a damaged one."""
+    path = os.path.join(folder, MANIFEST_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the dataset manifest ({getattr(err, 'strerror', None) or err})") \
+            from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: damaged dataset manifest (invalid JSON: {err.msg} at line {err.lineno}); "
+                         f"delete it or re-render the split") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: damaged dataset manifest (expected a JSON object); "
+                         f"delete it or re-render the split")
+    for name, kind in FIELDS.items():
+        value = data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}: damaged dataset manifest ({name!r} missing or not {kind.__name__}); "
+                             f"delete it or re-render the split")
+    return data
+
+
+def describe_split(folder: str) -> Optional[str]:
+    """One line on how ``folder`` was rendered, e.g.
+    ``data/train: 50000 images, seed 1, 160x64, 1-4 chars of 0123456789, captcha 0.7.1``;
+    None for a folder without a manifest."""
+    info = read_manifest(folder)
+    if info is None:
+        return None
+    line = (f"{folder}: {info['count']} images, seed {info['seed']}, {info['width']}x{info['height']}, "
+            f"{info['min_length']}-{info['max_length']} chars of {info['alphabet']}, "
+            f"captcha {info['captcha_version']}")
+    present = sum(1 for name in os.listdir(folder) if name.lower().endswith(".png"))
+    if present != info["count"]:
+        line += f" (but the folder now holds {present} .png files)"
+    return line
+
+
+def check_compatible(train_dir: str, test_dir: str) -> Optional[str]:
+    """A one-line warning when two rendered splits differ in how their images look; else None.
+
+    Folders without a manifest are not compared. Different seeds are normal (each split has
+    its own draws) and not reported.
+    """
+    train, test = read_manifest(train_dir), read_manifest(test_dir)
+    if train is None or test is None:
+        return None
+    differ = [f"{name} {train[name]} vs {test[name]}" for name in IMAGE_FIELDS if train[name] != test[name]]
+    if not differ:
+        return None
+    return f"{train_dir} and {test_dir} were rendered differently: {', '.join(differ)}"

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python eval.py --dataset_path data/test --checkpoint_path warpctc.ckpt``.
 
 Prints ``result: {'WarpCTCAccuracy': ..., 'CER': ...}`` (exact-sequence accuracy, as the
-original, plus the character error rate) and the accuracy per label length.
+original, plus the character error rate) and the accuracy per label length on stdout;
+progress lines go to stderr unless ``--quiet``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_path", required=True, help="checkpoint (.ckpt) to evaluate")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return add_config_arguments(parser)
+
+
+def _progress_callback(progress):
+    """A ``Model.eval`` callback counting the images of every evaluated batch into ``progress``."""
+    from mindspore.train import Callback
+
+    class _EvalProgress(Callback):
+        def on_eval_step_end(self, run_context):
+            _, label = run_context.original_args().net_outputs
+            progress.add(int(label.shape[0]))
+
+    return _EvalProgress()
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -29,7 +43,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from mindspore.train import Model
 
     from src.checkpoint import load_network
-    from src.dataset import create_dataset
+    from src.dataset import Progress, create_dataset, list_png_files
     from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
     from src.runtime import set_up
     from src.warpctc import WithLabelCell
@@ -46,8 +60,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     accuracy = WarpCTCAccuracy()
     model = Model(net, eval_network=WithLabelCell(net), metrics={"WarpCTCAccuracy": accuracy,
                                                                "CER": WarpCTCCharErrorRate()})
+    progress = Progress("eval", len(list_png_files(args.dataset_path)), quiet=args.quiet)
     start = time.time()
-    result = model.eval(dataset, dataset_sink_mode=False)
+    result = model.eval(dataset, callbacks=[_progress_callback(progress)], dataset_sink_mode=False)
     elapsed = time.time() - start
     images = sum(counts[1] for counts in accuracy.by_length.values())
     return {"result": result, "by_length": accuracy.accuracy_by_length(), "images": images,

@@ -15,7 +15,8 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
     ``kwargs`` are :class:`src.config.Config` fields (e.g. ``hidden_size=512``); positional
     ``args`` go straight to :class:`StackedRNN` (``input_size, hidden_size, ...``) as with the
     original hub entry. With ``checkpoint_path`` the weights are loaded (hidden size read from
-    the file unless given) and the network is put in inference mode.
+    the file unless given) and the network is put in inference mode. No MindSpore context is
+    set: the network runs in the caller's mode, PyNative (MindSpore's default) or graph.
     """
     if name != "warpctc":
         raise NotImplementedError(f"{name} is not implemented in the WarpCTC hub entry (only 'warpctc')")

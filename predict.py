@@ -1,37 +1,53 @@
 """Read captchas: ``python predict.py --checkpoint_path warpctc.ckpt IMAGE_OR_FOLDER [...]``.
 
-Prints ``file<TAB>digits`` per image, in the order given (folders: their PNGs sorted by name).
-File names need not carry a label. Preprocessing is the training/eval pipeline itself.
+Prints ``file<TAB>text<TAB>confidence`` per image, in the order given (folders: their PNG,
+JPEG, GIF and BMP files sorted by name; a GIF is read from its first frame). File names need
+not carry a label. Preprocessing is the training/eval pipeline itself, and the text is eval's
+greedy CTC decoding. The confidence (4 decimals, in [0, 1]) is the probability of the
+decoded best path: the product over all time steps of the largest softmax probability of
+that step. Progress goes to stderr unless ``--quiet``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence
 
 from src.cli import report_error
 from src.config import add_config_arguments, config_from_args, explicit_overrides, num_workers
 from src.runtime import PLATFORMS
 
 
+class Prediction(NamedTuple):
+    """One read image: its path, the decoded text and the confidence of that text."""
+
+    path: str
+    text: str
+    confidence: float
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Recognise the digits of captcha images with a checkpoint.")
-    parser.add_argument("inputs", nargs="+", help="PNG files and/or folders of PNG files")
+    parser.add_argument("inputs", nargs="+",
+                        help="image files (PNG, JPEG, GIF: first frame, BMP) and/or folders; a folder's "
+                             ".png/.jpg/.jpeg/.gif/.bmp files are read in name order, its other files are "
+                             "not images and are not listed")
     parser.add_argument("--checkpoint_path", required=True, help="checkpoint (.ckpt) to use")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return add_config_arguments(parser)
 
 
 def collect_images(inputs: Sequence[str]) -> List[str]:
-    """Expand folders to their sorted PNGs; every named file must exist."""
-    from src.dataset import list_png_files
+    """Expand folders to their image files sorted by name; every named file must exist."""
+    from src.dataset import list_image_files
 
     paths: List[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            paths.extend(list_png_files(item))
+            paths.extend(list_image_files(item))
         elif os.path.isfile(item):
             paths.append(item)
         else:
@@ -40,19 +56,23 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
 
 
 def predict(paths: Sequence[str], checkpoint_path: str, cfg, platform: str = "CPU",
-            hidden_size_given: bool = False) -> List[Tuple[str, str]]:
-    """``(path, digits)`` for every image, in order."""
+            hidden_size_given: bool = False, quiet: bool = False) -> List[Prediction]:
+    """A :class:`Prediction` for every image, in order; progress on stderr unless ``quiet``."""
     from src.checkpoint import load_network
-    from src.dataset import create_predict_dataset
-    from src.metric import greedy_decode
+    from src.dataset import Progress, create_predict_dataset
+    from src.metric import decode_with_confidence
 
-    net = load_network(checkpoint_path, cfg, platform, hidden_size_given)
+    # The dataset checks every image first: a bad file fails before the network is built.
     dataset = create_predict_dataset(paths, batch_size=cfg.batch_size, captcha_width=cfg.captcha_width,
                                      captcha_height=cfg.captcha_height, num_parallel_workers=num_workers(cfg))
-    results: List[Tuple[str, str]] = []
+    net = load_network(checkpoint_path, cfg, platform, hidden_size_given)
+    progress = Progress("predict", len(paths), quiet=quiet)
+    results: List[Prediction] = []
     for image, index in dataset.create_tuple_iterator():
-        for i, digits in zip(index.asnumpy().tolist(), greedy_decode(net(image).asnumpy())):
-            results.append((paths[i], digits))
+        decoded = decode_with_confidence(net(image).asnumpy())
+        for i, (text, confidence) in zip(index.asnumpy().tolist(), decoded):
+            results.append(Prediction(paths[i], text, confidence))
+        progress.add(len(decoded))
     return results
 
 
@@ -65,11 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         paths = collect_images(args.inputs)
         set_up(args.platform, device_id=args.device_id)
         results = predict(paths, args.checkpoint_path, cfg, args.platform,
-                          hidden_size_given="hidden_size" in explicit_overrides(args))
+                          hidden_size_given="hidden_size" in explicit_overrides(args), quiet=args.quiet)
     except ValueError as err:
         return report_error("predict.py", err)
-    for path, digits in results:
-        print(f"{path}\t{digits}")
+    for result in results:
+        print(f"{result.path}\t{result.text}\t{result.confidence:.4f}")
     return 0
 
 

@@ -50,12 +50,16 @@ class CaptchaSpec:
         if self.width < 2 * self.max_length:
             # CTC must be able to emit max_length characters with a blank between repeats.
             raise ValueError(f"--captcha_width {self.width} is too small for --max_captcha_digits "
-                             f"{self.max_length}: the network reads one column per step and CTC needs at "
-                             f"least {2 * self.max_length} steps")
+                             f"{self.max_length}: CTC reads one time step per pixel column and needs up to 2 "
+                             f"per character (a blank between repeats): at least 2 x {self.max_length} = "
+                             f"{2 * self.max_length}")
 
     @classmethod
     def from_config(cls, cfg) -> "CaptchaSpec":
-        """The spec of a :class:`src.config.Config`."""
+        """The spec of a :class:`src.config.Config`: the one way a script gets its spec.
+
+        ``src.config.validate`` builds it too, so a validated config never fails here.
+        """
         return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
                    height=cfg.captcha_height)
 
@@ -119,23 +123,24 @@ class CaptchaSpec:
     def greedy_decode_with_confidence(self, logits: np.ndarray) -> List[Tuple[str, float]]:
         """Greedy CTC decoding plus a confidence in [0, 1] per sample.
 
-        The confidence is the probability of the best path: the product over time steps of the
-        largest softmax probability. A step that hesitates between two classes lowers it, so
-        wrong reads get low values (see README, Prediction).
+        The confidence is ``P(text | image)`` under the model: the CTC probability of the decoded
+        text, summed over every alignment that spells it (the CTC forward algorithm). Unlike the
+        best path's own probability, it does not fall just because a character's edges are
+        uncertain or a label is long, so it separates right from wrong reads well (README,
+        Prediction).
         """
         logits = np.asarray(logits, dtype=np.float64)
         if logits.ndim != 3 or logits.shape[-1] != self.num_classes:
             raise ValueError(f"logits of shape {logits.shape} do not fit {self.num_classes} classes "
                              "(expected (T, B, C))")
         best = logits.argmax(axis=-1).T                                   # (B, T)
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        # log of the max softmax probability = -log(sum(exp(shifted))) since max(shifted) = 0
-        log_best = -np.log(np.exp(shifted).sum(axis=-1)).sum(axis=0)     # (B,)
         keep = np.ones_like(best, dtype=bool)
         keep[:, 1:] = best[:, 1:] != best[:, :-1]
         keep &= best != self.blank
-        texts = ["".join(self.charset[c] for c in row[mask]) for row, mask in zip(best, keep)]
-        return [(text, float(np.exp(lb))) for text, lb in zip(texts, log_best)]
+        coded = [row[mask] for row, mask in zip(best, keep)]
+        log_probs = logits - _logsumexp(logits)
+        confidence = np.exp(ctc_log_likelihood(log_probs, coded, self.blank))
+        return [("".join(self.charset[c] for c in row), float(p)) for row, p in zip(coded, confidence)]
 
     # -- storage ---------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -152,6 +157,43 @@ class CaptchaSpec:
     def describe(self) -> str:
         """One line for logs: ``1-4 of '0123456789', 160x64``."""
         return f"1-{self.max_length} of {self.charset!r}, {self.width}x{self.height}"
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
+def ctc_log_likelihood(log_probs: np.ndarray, labels: Sequence[Sequence[int]], blank: int) -> np.ndarray:
+    """``log P(label | input)`` per sample by the CTC forward algorithm, batched over samples.
+
+    ``log_probs`` is ``(T, B, C)`` log-softmax output; ``labels[b]`` the class indices of sample
+    ``b`` (no blanks; may be empty). Standard CTC: repeated characters need a blank between them.
+    """
+    steps, batch, _ = log_probs.shape
+    lengths = np.array([len(label) for label in labels])
+    states = 2 * int(lengths.max(initial=0)) + 1
+    ext = np.full((batch, states), blank, dtype=np.int64)           # blank, c1, blank, c2, ..., blank
+    for b, label in enumerate(labels):
+        ext[b, 1:2 * len(label):2] = label
+    valid = np.arange(states)[None, :] < (2 * lengths + 1)[:, None]
+    skip = np.zeros((batch, states), dtype=bool)                     # may jump over a blank to here
+    skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
+    emit = np.take_along_axis(log_probs, np.broadcast_to(ext, (steps, batch, states)), axis=2)
+    alpha = np.full((batch, states), -np.inf)
+    alpha[:, 0] = emit[0, :, 0]
+    if states > 1:
+        alpha[:, 1] = np.where(lengths > 0, emit[0, :, 1], -np.inf)
+    pad = np.full((batch, 2), -np.inf)
+    for t in range(1, steps):
+        shifted = np.concatenate([pad, alpha], axis=1)
+        paths = np.logaddexp(alpha, shifted[:, 1:-1])
+        paths = np.logaddexp(paths, np.where(skip, shifted[:, :-2], -np.inf))
+        alpha = np.where(valid, paths + emit[t], -np.inf)
+    rows = np.arange(batch)
+    last = alpha[rows, 2 * lengths]
+    before = np.where(lengths > 0, alpha[rows, np.maximum(2 * lengths - 1, 0)], -np.inf)
+    return np.logaddexp(last, before)
 
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}

@@ -1,7 +1,7 @@
 """Greedy CTC decoding and the WarpCTC metrics: exact-sequence accuracy and character error rate."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from mindspore.train import Metric
@@ -16,6 +16,19 @@ def greedy_decode(logits: np.ndarray, blank: int = BLANK) -> List[str]:
     keep[:, 1:] = best[:, 1:] != best[:, :-1]                        # first of each run
     keep &= best != blank
     return ["".join(str(int(c)) for c in row[mask]) for row, mask in zip(best, keep)]
+
+
+def decode_with_confidence(logits: np.ndarray, blank: int = BLANK) -> List[Tuple[str, float]]:
+    """``(T, B, C)`` scores -> B ``(text, confidence)`` pairs; the text is :func:`greedy_decode`'s.
+
+    The confidence is the probability of the best path: the product over the T time steps of
+    the largest softmax probability at that step (blank steps included), a number in [0, 1].
+    """
+    scores = np.asarray(logits, dtype=np.float64)
+    # log of the largest softmax probability = -log(sum(exp(s - max))): no overflow for large scores
+    log_best = -np.log(np.exp(scores - scores.max(axis=-1, keepdims=True)).sum(axis=-1))   # (T, B)
+    confidences = np.exp(log_best.sum(axis=0))
+    return list(zip(greedy_decode(logits, blank), (float(c) for c in confidences)))
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -1,4 +1,5 @@
 """The captcha spec: alphabet checks, label coding and greedy CTC decoding for several alphabets."""
+import itertools
 import string
 
 import numpy as np
@@ -56,15 +57,41 @@ def test_case_matters_in_a_mixed_alphabet():
         CaptchaSpec(charset=ALNUM).encode("a", source="x.png")
 
 
-def test_confidence_is_the_best_path_probability():
+def brute_force_probability(probs, text_classes, blank):
+    """P(text) by enumerating every path of the (T, C) probabilities and collapsing it."""
+    total = 0.0
+    for path in itertools.product(range(probs.shape[1]), repeat=probs.shape[0]):
+        collapsed = [c for i, c in enumerate(path) if c != blank and (i == 0 or path[i - 1] != c)]
+        if collapsed == list(text_classes):
+            total += float(np.prod([probs[t, c] for t, c in enumerate(path)]))
+    return total
+
+
+@pytest.mark.parametrize("probs, text", [
+    ([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]], "ab"),
+    ([[0.5, 0.1, 0.4], [0.2, 0.2, 0.6], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5], [0.2, 0.3, 0.5]], "aa"),
+    ([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4], [0.1, 0.2, 0.7]], ""),
+    ([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.7, 0.2, 0.1]], "a"),
+])
+def test_confidence_is_the_probability_of_the_decoded_text(probs, text):
     spec = CaptchaSpec(charset="ab", max_length=2, width=4)
-    logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]]))[:, None, :]
-    ((text, confidence),) = spec.greedy_decode_with_confidence(logits)
-    assert text == "ab"
-    assert confidence == pytest.approx(0.7 * 0.8 * 0.6 * 0.4)
-    # scores need not be normalised: softmax is taken first
-    ((_, shifted),) = spec.greedy_decode_with_confidence(logits + 5.0)
-    assert shifted == pytest.approx(confidence)
+    probs = np.array(probs)
+    ((decoded, confidence),) = spec.greedy_decode_with_confidence(np.log(probs)[:, None, :] + 3.0)
+    assert decoded == text
+    expected = brute_force_probability(probs, [spec.charset.index(c) for c in text], spec.blank)
+    assert confidence == pytest.approx(expected, rel=1e-9)
+    best_path = float(np.prod(probs.max(axis=1)))
+    assert best_path <= confidence + 1e-12 <= 1.0 + 1e-12
+
+
+def test_confidence_is_batched_per_sample():
+    spec = CaptchaSpec(charset="ab", max_length=2, width=4)
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((5, 6, 3)) * 3
+    together = spec.greedy_decode_with_confidence(logits)
+    alone = [spec.greedy_decode_with_confidence(logits[:, i:i + 1])[0] for i in range(6)]
+    assert [t for t, _ in together] == [t for t, _ in alone]
+    np.testing.assert_allclose([c for _, c in together], [c for _, c in alone], rtol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.dataset import (BLANK, MEAN, STD, create_dataset, decode_label, encode_label, list_samples,
-                         parse_label)
+from src.dataset import (BLANK, MEAN, STD, Progress, check_images, create_dataset, decode_label, encode_label,
+                         list_image_files, list_samples, load_bgr, parse_label)
 
 
 def labels_of(dataset):
@@ -134,3 +134,58 @@ def test_bad_arguments():
         create_dataset("x", device_target="TPU")
     with pytest.raises(ValueError, match="shard_id must be in"):
         create_dataset("x", num_shards=2, shard_id=2)
+
+
+def test_image_folders_list_png_jpeg_gif_bmp_only(tmp_path):
+    pixels = np.zeros((8, 8, 3), dtype=np.uint8)
+    for name, kind in (("b.png", "PNG"), ("a.JPG", "JPEG"), ("c.jpeg", "JPEG"), ("d.gif", "GIF"), ("e.BMP", "BMP"),
+                       ("f.webp", "WEBP")):
+        Image.fromarray(pixels).save(tmp_path / name, format=kind)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "g.png").mkdir()                        # a folder is not an image file, whatever its name
+    assert [os.path.basename(p) for p in list_image_files(str(tmp_path))] == [
+        "a.JPG", "b.png", "c.jpeg", "d.gif", "e.BMP"]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"holds no \.png/\.jpg/\.jpeg/\.gif/\.bmp files"):
+        list_image_files(str(tmp_path / "none"))
+
+
+def test_gif_is_read_from_its_first_frame(tmp_path):
+    first = np.zeros((64, 160, 3), dtype=np.uint8)
+    first[:, :80] = (255, 0, 0)                          # left half red, in RGB
+    second = np.full((64, 160, 3), 255, dtype=np.uint8)
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    bgr = load_bgr(str(tmp_path / "anim.gif"))
+    assert bgr.shape == (64, 160, 3)
+    assert bgr[0, 0].tolist() == [0, 0, 255] and bgr[0, 159].tolist() == [0, 0, 0]   # BGR of the first frame
+
+
+def test_truncated_jpeg_and_non_image_are_errors_naming_the_file(tmp_path):
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 160, 3), dtype=np.uint8)).save(tmp_path / "x.jpg", quality=90)
+    data = (tmp_path / "x.jpg").read_bytes()
+    (tmp_path / "x.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=f"{tmp_path / 'x.jpg'}: not a readable JPEG image"):
+        check_images([str(tmp_path / "x.jpg")])
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'notes.txt'}: not a readable image"):
+        check_images([str(tmp_path / "notes.txt")])
+
+
+def test_progress_lines_go_to_stderr_and_end_with_the_total(capsys):
+    every = Progress("eval", 10, interval=0.0)
+    for count in (4, 4, 2):
+        every.add(count)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert [line.split(" (")[0] for line in err.splitlines()] == [
+        "eval: 4/10 images", "eval: 8/10 images", "eval: 10/10 images"]
+    assert err.splitlines()[-1].endswith(" images/s)")
+    rare = Progress("predict", 10, interval=3600.0)      # no line is due before the end
+    for count in (4, 4, 2):
+        rare.add(count)
+    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == ["predict: 10/10 images"]
+    quiet = Progress("predict", 10, quiet=True, interval=0.0)
+    quiet.add(10)
+    assert capsys.readouterr().err == ""

@@ -48,8 +48,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     from src.runtime import set_up
     from src.warpctc import WithLabelCell
 
+    from src.manifest import dataset_report
+
     cfg = config_from_args(args)
     info = set_up(args.platform, device_id=args.device_id)
+    print("\n".join(dataset_report(args.dataset_path)), flush=True)
     net = load_network(args.checkpoint_path, cfg, info.platform,
                        hidden_size_given="hidden_size" in explicit_overrides(args))
     # Every image counts: the last, smaller batch is kept.

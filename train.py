@@ -1,11 +1,20 @@
 """Train WarpCTC: ``python train.py --dataset_path data/train [--platform CPU] [options]``."""
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Before any import that may start a thread (numpy's OpenBLAS does): see src/interrupt.py.
+    from src.interrupt import block_exit_signals
+
+    block_exit_signals()
+
 import argparse
+import contextlib
 import os
+import shlex
+import signal
 import sys
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from src.cli import report_error
 from src.config import Config, add_config_arguments, config_from_args, num_workers
@@ -63,19 +72,25 @@ def build_training(cfg: Config, info: RunInfo, dataset_path: str):
     return dataset, net, train_cell, steps_per_epoch, lr
 
 
-def restore(train_cell, path: str) -> Tuple[str, int]:
-    """Load weights and optimizer state; return the file used and the global step it was taken at."""
-    from src.checkpoint import latest_checkpoint, load_into
+def restore(train_cell, path: str, record: Dict[str, int]) -> Tuple[str, int]:
+    """Load weights and optimizer state; return the file used and the global step it was taken at.
+
+    ``record`` is this run's batch size, device count and steps per epoch: a checkpoint that
+    recorded other values is refused (its step would point elsewhere in the data).
+    """
+    from src.checkpoint import check_run_record, latest_checkpoint, load_into, read_checkpoint
 
     if os.path.isdir(path):
         path = latest_checkpoint(path)
+    params = read_checkpoint(path)
+    check_run_record(path, params, record)
     # The learning-rate table and the momentum factor come from the configuration, not the file.
-    params = load_into(train_cell, path, ignore=("learning_rate", "momentum"))
+    load_into(train_cell, path, params=params, ignore=("learning_rate", "momentum"))
     return path, int(params["global_step"].asnumpy().reshape(-1)[0])
 
 
 def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int):
-    """The LearningCurve callback with its held-out batches loaded once, in memory."""
+    """The LearningCurve callback with its held-out batches loaded once, in memory (nothing written yet)."""
     import mindspore as ms
 
     from src.callbacks import LearningCurve
@@ -95,44 +110,114 @@ def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr
         count += len(label)
         if args.eval_images and count >= args.eval_images:
             break
-    csv_path = args.curve_csv or os.path.join(_checkpoint_dir(cfg, info), "learning_curve.csv")
-    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    csv_path = _curve_csv(args, cfg, info)
     print(f"learning curve: {count} images of {args.eval_dataset_path} every {args.eval_every} steps -> {csv_path}",
           flush=True)
     return LearningCurve(net, batches, args.eval_every, csv_path, lr, start_step)
 
 
-def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int, total_steps: int) -> List:
-    from mindspore.train import CheckpointConfig, LossMonitor, TimeMonitor
+def _curve_csv(args: argparse.Namespace, cfg: Config, info: RunInfo) -> str:
+    return args.curve_csv or os.path.join(_checkpoint_dir(cfg, info), "learning_curve.csv")
 
-    from src.callbacks import ResumePosition, StepCheckpoint, StopAtStep
 
-    callbacks = [ResumePosition(start_step), LossMonitor(per_print_times=1), TimeMonitor(data_size=steps_per_epoch)]
+def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int, total_steps: int,
+                   optimizer, record: Dict[str, int]) -> Tuple[List, object, Optional[object]]:
+    """Step counter, loss and progress lines, timing, the stop at --train_steps and checkpointing.
+
+    Returns the callback list, its Progress and its StepCheckpoint (None with checkpoints off).
+    """
+    from mindspore.train import LossMonitor, TimeMonitor
+
+    from src.callbacks import Progress, ResumePosition, StepCheckpoint, StopAtStep
+
+    progress = Progress(total_steps, optimizer)
+    callbacks = [ResumePosition(start_step), LossMonitor(per_print_times=1), progress,
+                 TimeMonitor(data_size=steps_per_epoch)]
     if total_steps % steps_per_epoch:
         callbacks.append(StopAtStep(total_steps))
+    checkpoints = None
     if cfg.save_checkpoint:
-        ckpt_config = CheckpointConfig(save_checkpoint_steps=cfg.save_checkpoint_steps,
-                                       keep_checkpoint_max=cfg.keep_checkpoint_max,
-                                       crc_check=True, append_info=["epoch_num", "step_num"])
-        callbacks.append(StepCheckpoint(start_step, prefix="warpctc", directory=_checkpoint_dir(cfg, info),
-                                        config=ckpt_config))
-    return callbacks
+        checkpoints = StepCheckpoint(_checkpoint_dir(cfg, info), cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
+                                     start_step, prefix="warpctc", append=record)
+        callbacks.append(checkpoints)
+    return callbacks, progress, checkpoints
 
 
-def run(args: argparse.Namespace, cfg: Config) -> int:
+class RunState:
+    """What a Ctrl-C / SIGTERM message needs to know; filled in as the run gets going."""
+
+    def __init__(self, argv: Sequence[str]):
+        self.argv = list(argv)
+        self.distributed = False
+        self.total_steps: Optional[int] = None
+        self.resumed_from: Optional[Tuple[str, int]] = None      # (checkpoint, its global step)
+        self.save_checkpoint = True
+        self.progress = None                                       # src.callbacks.Progress
+        self.checkpoints = None                                    # src.callbacks.StepCheckpoint
+
+    def busy(self):
+        """Held while a checkpoint is being written."""
+        return self.checkpoints.busy if self.checkpoints is not None else contextlib.nullcontext()
+
+    def command(self, resume_from: Optional[str]) -> str:
+        """This run's command line, continuing from ``resume_from`` when given."""
+        args, skip = [], False
+        for token in self.argv:
+            if skip:
+                skip = False
+            elif resume_from and token in ("--resume_checkpoint", "--init_checkpoint"):
+                skip = True
+            elif not (resume_from and token.startswith(("--resume_checkpoint=", "--init_checkpoint="))):
+                args.append(token)
+        if resume_from:
+            args += ["--resume_checkpoint", resume_from]
+        return shlex.join(["python", sys.argv[0]] + args)
+
+    def interrupted(self, signum: int) -> str:
+        """The one line printed when a signal ends the run."""
+        step = self.progress.step if self.progress is not None else None
+        where = (f"after step {step} of {self.total_steps}" if step is not None
+                 else "before training started")
+        saved = None
+        if self.checkpoints is not None and self.checkpoints.last_path:
+            saved = (os.path.abspath(self.checkpoints.last_path), self.checkpoints.last_step)
+        elif self.resumed_from:
+            saved = (os.path.abspath(self.resumed_from[0]), self.resumed_from[1])
+        if saved is None:
+            state = ("no checkpoint saved yet" if self.save_checkpoint
+                     else "checkpoints are off (--save_checkpoint false)")
+            return (f"train.py: interrupted by {signal.Signals(signum).name} {where}; {state}; "
+                    f"start again with: {self.command(None)}")
+        how = (f"relaunch with --resume_checkpoint {saved[0]}" if self.distributed
+               else f"resume with: {self.command(saved[0])}")
+        return (f"train.py: interrupted by {signal.Signals(signum).name} {where}; last checkpoint {saved[0]} "
+                f"(step {saved[1]}); {how}")
+
+
+def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     import mindspore as ms
     from mindspore.train import Model
 
+    from src.checkpoint import remove_unfinished_saves
+    from src.run_lock import hold_folder
+
+    from src.manifest import dataset_report
+
     info = set_up(args.platform, args.run_distribute, args.device_id)
+    if info.rank == 0:
+        print("\n".join(dataset_report(args.dataset_path, args.eval_dataset_path)), flush=True)
+    state.distributed, state.save_checkpoint = info.distributed, cfg.save_checkpoint
     ms.set_seed(cfg.seed)
     dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path)
     total_steps = len(lr)                                   # train_steps, or epoch_size whole epochs
+    state.total_steps = total_steps
     epochs = -(-total_steps // steps_per_epoch)
     sink = args.dataset_sink_mode == "on" or (args.dataset_sink_mode == "auto" and info.platform != "CPU")
     if sink and total_steps % steps_per_epoch:
         # A sunk epoch runs on the device in one go; it cannot stop at a step inside it.
         raise ValueError(f"--train_steps {total_steps} must be a multiple of the {steps_per_epoch} steps per epoch "
                          "with dataset sink mode (or use --dataset_sink_mode off)")
+    record = {"batch_size": cfg.batch_size, "device_num": info.group_size, "steps_per_epoch": steps_per_epoch}
     start_step = 0
     if args.init_checkpoint:
         from src.checkpoint import load_into
@@ -140,7 +225,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         load_into(net, args.init_checkpoint)
         print(f"network weights from {args.init_checkpoint}; optimizer and schedule start at step 0", flush=True)
     if args.resume_checkpoint:
-        resume_path, start_step = restore(train_cell, args.resume_checkpoint)
+        resume_path, start_step = restore(train_cell, args.resume_checkpoint, record)
+        state.resumed_from = (resume_path, start_step)
         if start_step >= total_steps:
             print(f"checkpoint {resume_path} is at step {start_step}: the {total_steps} steps of this run "
                   f"are already done; nothing to train")
@@ -154,29 +240,51 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     print(f"rank {info.rank}/{info.group_size} on {info.platform}: {steps_per_epoch} steps/epoch x "
           f"{epochs} epochs = {total_steps} steps, batch {cfg.batch_size}, lr {cfg.learning_rate * info.group_size:g}",
           flush=True)
-    callbacks = make_callbacks(cfg, info, steps_per_epoch, start_step, total_steps)
+    curve = None
     if args.eval_dataset_path and info.rank == 0:
-        callbacks.insert(1, learning_curve(args, cfg, info, net, lr, start_step))
+        curve = learning_curve(args, cfg, info, net, lr, start_step)
+    # Everything above only read; from here on the run writes. One run per folder: a second
+    # one would interleave its files with this one's.
+    folder = _checkpoint_dir(cfg, info)
+    if cfg.save_checkpoint or (curve is not None and args.curve_csv is None):
+        hold_folder(folder)             # held until the process ends, however it ends
+        removed = remove_unfinished_saves(folder)
+        if removed:
+            print(f"removed the unfinished save(s) of an interrupted run from {os.path.abspath(folder)}: "
+                  f"{', '.join(removed)}", flush=True)
+    callbacks, state.progress, state.checkpoints = make_callbacks(cfg, info, steps_per_epoch, start_step,
+                                                                  total_steps, train_cell.optimizer, record)
+    if curve is not None:
+        curve.check_writable()
+        callbacks.insert(1, curve)
     model = Model(train_cell)
     start = time.time()
     model.train(epochs, dataset, callbacks=callbacks,
                 dataset_sink_mode=sink, initial_epoch=start_step // steps_per_epoch)
     print(f"training finished in {time.time() - start:.1f} s; checkpoints in "
-          f"{os.path.abspath(_checkpoint_dir(cfg, info))}", flush=True)
+          f"{os.path.abspath(folder)}", flush=True)
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from src.interrupt import exit_on_signals
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    state = RunState(argv)
+    exit_on_signals(state.interrupted, state.busy)
     try:
         cfg = config_from_args(args)
         if args.init_checkpoint and args.resume_checkpoint:
             raise ValueError("--init_checkpoint starts a new training and --resume_checkpoint continues one: "
                              "give only one of them")
-        return run(args, cfg)
+        return run(args, cfg, state)
     except ValueError as err:
         return report_error("train.py", err)
+    except OSError as err:      # an environment failure not foreseen above: still one line, naming the file
+        where = f"{err.filename}: " if err.filename else ""
+        return report_error("train.py", OSError(f"{where}{err.strerror or err}"))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""Training callbacks that make a resumed run continue the original one's step count."""
+"""Training callbacks: resume-aware step counter, crash-safe checkpoints, progress, stop at a step, learning curve."""
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
+from typing import Mapping, Optional
 
-from mindspore.train import Callback, ModelCheckpoint
+from mindspore.train import Callback
 
 from src.learning_curve import HEADER, read_learning_curve, train_seconds_at
 
@@ -25,24 +28,114 @@ class ResumePosition(Callback):
         run_context.original_args().cur_step_num = self.start_step
 
 
-class StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose every-N-steps cadence counts from global step 0, also after a resume.
+class StepCheckpoint(Callback):
+    """Save ``<prefix>-<epoch>_<step in epoch>.ckpt`` every ``every`` global steps and at the end.
 
-    Files are written to a temporary name and renamed when complete (MindSpore's own
-    behaviour), so a kill during a save never replaces a good checkpoint with a broken one.
+    The cadence counts from global step 0, also after a resume. Each file is complete and on disk
+    before it gets its name (``src.checkpoint.save_checkpoint_file``), and only then are the
+    folder's oldest checkpoints (by training position, every run's files) pruned to ``keep``, so a
+    failed save never costs a good checkpoint. ``append`` entries (the run record) are stored
+    with ``epoch_num`` and ``step_num``. ``busy`` is held while a file is being written.
     """
 
-    def __init__(self, start_step: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        # Saves happen at multiples of save_checkpoint_steps; the resume step was one of them
-        # (or the end of a run), so the next save is save_checkpoint_steps after it.
-        self._last_triggered_step = int(start_step)
+    def __init__(self, directory: str, every: int, keep: int, start_step: int = 0, prefix: str = "warpctc",
+                 append: Optional[Mapping[str, int]] = None):
+        from src.checkpoint import run_prefix
+
+        super().__init__()
+        self.directory = directory
+        self.every = int(every)
+        self.keep = int(keep)
+        self.base_prefix = prefix
+        self.prefix = run_prefix(directory, prefix)
+        self.append = dict(append or {})
+        # The resume step was saved (a multiple of ``every`` or a run's end): the next save is
+        # ``every`` steps after it.
+        self.last_step = int(start_step)
+        self.last_path: Optional[str] = None
+        self.busy = threading.Lock()
+
+    def on_train_step_end(self, run_context):
+        cb_params = run_context.original_args()
+        if cb_params.cur_step_num >= self.last_step + self.every:
+            self.save(cb_params)
+
+    def on_train_end(self, run_context):
+        cb_params = run_context.original_args()
+        if cb_params.cur_step_num != self.last_step:
+            self.save(cb_params)
+
+    def save(self, cb_params) -> str:
+        """Write the checkpoint of the current step, then prune; returns its path."""
+        from src.checkpoint import prune_checkpoints, save_checkpoint_file
+
+        step = cb_params.cur_step_num
+        name = f"{self.prefix}-{cb_params.cur_epoch_num}_{(step - 1) % cb_params.batch_num + 1}.ckpt"
+        path = os.path.join(self.directory, name)
+        with self.busy:
+            save_checkpoint_file(cb_params.train_network, path,
+                                 {"epoch_num": cb_params.cur_epoch_num, "step_num": step, **self.append})
+            self.last_step, self.last_path = step, path
+        try:
+            prune_checkpoints(self.directory, self.keep, self.base_prefix, protect=path)
+        except OSError as err:      # the new checkpoint is safe; an old one merely stays
+            print(f"warning: could not remove the old checkpoint {err.filename} ({err.strerror}); it stays",
+                  file=sys.stderr, flush=True)
+        return path
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress(Callback):
+    """Print ``step N of M`` with seconds per step, the learning rate and the time left.
+
+    Every ``every_steps`` global steps, or when ``every_seconds`` have passed since the last
+    line, and at the last step. The learning rate is read from the optimizer (its rate table at
+    its own step counter), so it shows what the optimizer really used for the step.
+    """
+
+    def __init__(self, total_steps: int, optimizer, every_steps: int = 10, every_seconds: float = 30.0):
+        super().__init__()
+        self.total_steps = int(total_steps)
+        self.optimizer = optimizer
+        self.every_steps = int(every_steps)
+        self.every_seconds = float(every_seconds)
+        self.step = None              # last finished global step (None before training starts)
+        self.clock = None             # (time, step) at the start of the current measurement window
+
+    def on_train_begin(self, run_context):
+        self.step = run_context.original_args().cur_step_num      # the resume step (after ResumePosition)
+
+    def on_train_step_end(self, run_context):
+        self.step = run_context.original_args().cur_step_num
+        now = time.time()
+        if self.clock is None:
+            # The first step includes graph compilation: time the steps after it.
+            self.clock = (now, self.step)
+            return
+        since, since_step = self.clock
+        due = self.step % self.every_steps == 0 or now - since >= self.every_seconds or self.step >= self.total_steps
+        if due and self.step > since_step:
+            per_step = (now - since) / (self.step - since_step)
+            print(f"step {self.step} of {self.total_steps}: {per_step:.3f} s/step, lr {self.learning_rate():.6g}, "
+                  f"{_duration(per_step * (self.total_steps - self.step))} left", flush=True)
+            self.clock = (now, self.step)
+
+    def learning_rate(self) -> float:
+        """The rate of the optimizer's last step: its rate table at its own step counter."""
+        params = {p.name: p for p in self.optimizer.get_parameters()}
+        table = params["learning_rate"].asnumpy().reshape(-1)
+        done = int(params["global_step"].asnumpy().reshape(-1)[0])
+        return float(table[min(max(done - 1, 0), len(table) - 1)])
 
 
 class StopAtStep(Callback):
     """End the run after global step ``last_step`` (``--train_steps``), mid-epoch if need be.
 
-    Callbacks after it still see that step; ``ModelCheckpoint`` then saves it at train end.
+    Callbacks after it still see that step; ``StepCheckpoint`` then saves it at train end.
     """
 
     def __init__(self, last_step: int):
@@ -79,12 +172,24 @@ class LearningCurve(Callback):
         rows = read_learning_curve(csv_path) if self.existing else []
         self.offset = train_seconds_at(rows, self.start_step) if self.start_step else 0.0
 
+    def check_writable(self) -> None:
+        """ValueError naming the CSV when it cannot be appended to (call before training)."""
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.csv_path)), exist_ok=True)
+            with open(self.csv_path, "a", encoding="utf-8"):
+                pass
+        except OSError as err:
+            raise ValueError(f"learning curve {self.csv_path}: cannot be written ({err.strerror})") from None
+
+    def _append(self, text: str) -> None:
+        try:
+            with open(self.csv_path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as err:
+            raise ValueError(f"learning curve {self.csv_path}: cannot be written ({err.strerror})") from None
+
     def on_train_begin(self, run_context):
-        with open(self.csv_path, "a", encoding="utf-8") as handle:
-            if not self.existing:
-                handle.write(HEADER + "\n")
-            else:
-                handle.write(f"# resumed at step {self.start_step}\n")
+        self._append(f"# resumed at step {self.start_step}\n" if self.existing else HEADER + "\n")
         self.clock = time.time()
 
     def on_train_step_end(self, run_context):
@@ -95,9 +200,8 @@ class LearningCurve(Callback):
             self.offset += time.time() - self.clock
             accuracy, cer = self.evaluate()
             lr = float(self.learning_rates[min(step, len(self.learning_rates)) - 1])
-            with open(self.csv_path, "a", encoding="utf-8") as handle:
-                handle.write(f"{step},{cb_params.cur_epoch_num},{self.offset:.1f},{lr:.6g},"
-                             f"{sum(self.losses) / len(self.losses):.6g},{accuracy:.4f},{cer:.4f}\n")
+            self._append(f"{step},{cb_params.cur_epoch_num},{self.offset:.1f},{lr:.6g},"
+                         f"{sum(self.losses) / len(self.losses):.6g},{accuracy:.4f},{cer:.4f}\n")
             print(f"step {step}: eval accuracy {accuracy:.4f}, CER {cer:.4f} "
                   f"({self.offset:.0f} s of training)", flush=True)
             self.losses = []

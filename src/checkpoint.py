@@ -1,12 +1,17 @@
-"""Loading checkpoints with one-line errors instead of MindSpore stack traces."""
+"""Checkpoint files: loading with one-line errors, crash-safe saving, naming, pruning and the run record."""
 from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
 
 import mindspore as ms
 from mindspore import nn
+
+from src.runtime import quiet_mindspore_logs
+
+# What a checkpoint's global step means depends on these; a resume must match them (see check_run_record).
+RUN_RECORD_KEYS = ("batch_size", "device_num", "steps_per_epoch")
 
 
 def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
@@ -54,22 +59,149 @@ def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = 
     return params
 
 
-_CKPT_NAME = re.compile(r"^(?P<prefix>.+?)(?:_\d+)?-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
+_CKPT_NAME = re.compile(r"^(?P<prefix>.+?)(?:_(?P<run>\d+))?-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
+# A save in progress: MindSpore writes ``.<name>.tmp`` and renames it to ``.<name>.ckpt``, which
+# save_checkpoint_file then renames to ``<name>.ckpt``. ``<name>.tmp`` is what MindSpore's own
+# ModelCheckpoint (earlier versions of train.py) leaves behind.
+_UNFINISHED = re.compile(r"^(?:\.?(?P<a>.+?)(?:_\d+)?-\d+_\d+\.tmp|\.(?P<b>.+?)(?:_\d+)?-\d+_\d+\.ckpt)$")
 
 
-def latest_checkpoint(folder: str, prefix: str = "warpctc") -> str:
-    """The checkpoint of ``folder`` furthest into training (by epoch, then step, then time)."""
-    if not os.path.isdir(folder):
-        raise ValueError(f"checkpoint folder {folder}: does not exist")
+class CheckpointFile(NamedTuple):
+    """A ``<prefix>[_<run>]-<epoch>_<step>.ckpt`` file; sorts by training position, then run, then age."""
+
+    epoch: int
+    step: int
+    run: int        # 0 for <prefix>-..., N for <prefix>_N-... (the N-th later run in the folder)
+    mtime: float
+    path: str
+
+
+def checkpoint_files(folder: str, prefix: str = "warpctc") -> List[CheckpointFile]:
+    """Every checkpoint of ``folder`` named after ``prefix``, whichever run wrote it, oldest position first."""
     found = []
     for name in os.listdir(folder):
         match = _CKPT_NAME.match(name)
         if match and match.group("prefix") == prefix:
             path = os.path.join(folder, name)
-            found.append((int(match.group("epoch")), int(match.group("step")), os.path.getmtime(path), path))
+            try:
+                mtime = os.path.getmtime(path)
+            except FileNotFoundError:       # removed since listdir
+                continue
+            found.append(CheckpointFile(int(match.group("epoch")), int(match.group("step")),
+                                        int(match.group("run") or 0), mtime, path))
+    return sorted(found)
+
+
+def latest_checkpoint(folder: str, prefix: str = "warpctc") -> str:
+    """The checkpoint of ``folder`` furthest into training (by epoch, then step, then run, then time)."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint folder {folder}: does not exist")
+    found = checkpoint_files(folder, prefix)
     if not found:
         raise ValueError(f"checkpoint folder {folder}: holds no {prefix}-<epoch>_<step>.ckpt file")
-    return max(found)[-1]
+    return found[-1].path
+
+
+def run_prefix(folder: str, prefix: str = "warpctc") -> str:
+    """The file prefix of a new run in ``folder``: ``prefix``, or ``prefix_N`` after N earlier runs' files.
+
+    MindSpore's naming: a run never writes a name an earlier run wrote.
+    """
+    runs = [f.run for f in checkpoint_files(folder, prefix)] if os.path.isdir(folder) else []
+    return f"{prefix}_{max(runs) + 1}" if runs else prefix
+
+
+def remove_unfinished_saves(folder: str, prefix: str = "warpctc") -> List[str]:
+    """Delete the partial files of saves that a killed run left in ``folder``; return their names."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        match = _UNFINISHED.match(name)
+        if match and prefix in (match.group("a"), match.group("b")):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def _os_reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def save_checkpoint_file(obj, path: str, append_dict: Optional[Mapping] = None) -> None:
+    """Write a checkpoint (with CRC) so that ``path`` appears only once complete and on disk.
+
+    The file is staged under a hidden name in the same folder, flushed with fsync, then renamed
+    into place. On failure the staged files are removed and ValueError names ``path``.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    staged = os.path.join(folder, "." + name)
+    partial = os.path.join(folder, "." + os.path.splitext(name)[0] + ".tmp")   # MindSpore's own temporary name
+    try:
+        # MindSpore logs a CRITICAL line of its own on a failed save; the ValueError below says it once.
+        with quiet_mindspore_logs():
+            ms.save_checkpoint(obj, staged, append_dict=dict(append_dict or {}), crc_check=True)
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staged, path)
+        fd = os.open(folder, os.O_RDONLY)    # make the rename itself durable
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as err:
+        for leftover in (partial, staged):
+            try:
+                os.remove(leftover)
+            except OSError:
+                pass
+        if isinstance(err, (OSError, RuntimeError, ValueError)):
+            raise ValueError(f"checkpoint {path}: cannot be saved ({_os_reason(err)})") from None
+        raise
+
+
+def prune_checkpoints(folder: str, keep: int, prefix: str = "warpctc", protect: str = "") -> List[str]:
+    """Delete the checkpoints of ``folder`` furthest behind in training until ``keep`` remain.
+
+    Every run's files in the folder count (``prefix`` and ``prefix_N``); ``protect`` (the file
+    just written) is never deleted. Returns the deleted paths.
+    """
+    files = checkpoint_files(folder, prefix)
+    excess = len(files) - keep
+    removed = []
+    for old in files:
+        if excess <= 0:
+            break
+        if os.path.abspath(old.path) == os.path.abspath(protect):
+            continue
+        os.remove(old.path)
+        removed.append(old.path)
+        excess -= 1
+    return removed
+
+
+def run_record(params: Mapping) -> Dict[str, int]:
+    """The run record entries (RUN_RECORD_KEYS) a checkpoint holds; older checkpoints hold none."""
+    return {key: int(params[key].asnumpy().reshape(-1)[0]) for key in RUN_RECORD_KEYS if key in params}
+
+
+def check_run_record(path: str, params: Mapping, current: Mapping[str, int]) -> None:
+    """ValueError naming the first setting in which this run differs from the run that wrote ``path``.
+
+    The checkpoint's global step is a position in the data only for the batch size, device
+    count and steps per epoch it was trained with.
+    """
+    saved = run_record(params)
+    labels = {"batch_size": "--batch_size", "device_num": "device count", "steps_per_epoch": "steps per epoch"}
+    for key in RUN_RECORD_KEYS:
+        if key in saved and saved[key] != current[key]:
+            hint = " (another dataset size?)" if key == "steps_per_epoch" else ""
+            raise ValueError(f"checkpoint {path}: {labels[key]} {current[key]} differs from the checkpoint's "
+                             f"{saved[key]}{hint}; resume with the settings it was trained with")
 
 
 def load_network(path: str, cfg, platform: str = "CPU", hidden_size_given: bool = False):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 MANIFEST_NAME = "manifest.json"
 
@@ -96,3 +96,15 @@ def check_compatible(train_dir: str, test_dir: str) -> Optional[str]:
     if not differ:
         return None
     return f"{train_dir} and {test_dir} were rendered differently: {', '.join(differ)}"
+
+
+def dataset_report(folder: str, reference: Optional[str] = None) -> List[str]:
+    """What train.py and eval.py print about their data: the split's line, and a warning when
+    ``reference`` (e.g. the held-out folder next to the training one) was rendered differently."""
+    lines = [f"dataset: {describe_split(folder) or f'{folder} (no manifest: not rendered by process_data.py)'}"]
+    if reference is not None:
+        lines.append(f"dataset: {describe_split(reference) or f'{reference} (no manifest)'}")
+        warning = check_compatible(folder, reference)
+        if warning:
+            lines.append(f"warning: {warning}")
+    return lines

@@ -123,7 +123,11 @@ def test_eval_matches_an_independent_decode(subset, released, tmp_path):
     assert result["CER"] == pytest.approx(edits / sum(len(label) for label in labels))
     assert "evaluated 64 images" in proc.stdout          # 24+24+16: the last partial batch counts
     # stdout holds the results only; progress is on stderr and ends with the total
-    assert [line.split(" ")[0] for line in proc.stdout.splitlines()] == ["result:", "accuracy", "evaluated"]
+    assert [line.split(" ")[0] for line in proc.stdout.splitlines()] == ["dataset:", "result:", "accuracy",
+                                                                          "evaluated"]
+    # the split's manifest, so a test set from another rendering run is visible
+    assert proc.stdout.splitlines()[0] == (f"dataset: {subset}: {SUBSET_SIZE} images, seed {SUBSET_SEED}, "
+                                           "160x64, 1-4 chars of 0123456789, captcha 0.7.1")
     assert progress_lines(proc.stderr, "eval")[-1].startswith("eval: 64/64 images (")
     quiet = run_py([EVAL, "--dataset_path", subset, "--checkpoint_path", RELEASED, "--quiet"], cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr[-2000:]

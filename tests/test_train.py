@@ -61,7 +61,7 @@ def test_resume_after_kill_continues_steps_schedule_and_data(data_root, trained,
     resume_from = latest_checkpoint(str(ckpt_dir))
     step = int(ms.load_checkpoint(resume_from)["global_step"].asnumpy().reshape(-1)[0])
     assert 0 < step < 30
-    before = set(os.listdir(ckpt_dir))
+    before = {n: (ckpt_dir / n).read_bytes() for n in os.listdir(ckpt_dir) if n.endswith(".ckpt")}
     proc = run_py(args[1:] + ["--resume_checkpoint", str(ckpt_dir)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"at step {step} " in proc.stdout
@@ -71,8 +71,13 @@ def test_resume_after_kill_continues_steps_schedule_and_data(data_root, trained,
     expected = losses(reference)[step:]
     assert [(e, s) for e, s, _ in resumed] == [(e, s) for e, s, _ in expected]
     np.testing.assert_allclose([v for *_, v in resumed], [v for *_, v in expected], rtol=1e-4)
-    # Nothing already on disk was overwritten: the resumed run writes under a new prefix.
-    assert before <= set(os.listdir(ckpt_dir)) | {n for n in before if not n.endswith(".ckpt")}
+    # Nothing already on disk was overwritten: the resumed run writes under a new prefix, and the
+    # killed run's files still there are unchanged. keep_checkpoint_max counts the folder's
+    # checkpoints of both runs: the 3 furthest into training remain.
+    after = {n for n in os.listdir(ckpt_dir) if n.endswith(".ckpt")}
+    assert all(n.startswith("warpctc_1-") for n in after - set(before))
+    assert all((ckpt_dir / n).read_bytes() == before[n] for n in after & set(before))
+    assert sorted(after) == ["warpctc_1-3_10.ckpt", "warpctc_1-3_4.ckpt", "warpctc_1-3_8.ckpt"]
     assert latest_checkpoint(str(ckpt_dir)).endswith("-3_10.ckpt")
 
 

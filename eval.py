@@ -12,13 +12,13 @@ import time
 from typing import Optional, Sequence
 
 from src.cli import report_error
-from src.config import add_config_arguments, config_from_args, explicit_overrides, num_workers
+from src.config import add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Evaluate a WarpCTC checkpoint on a folder of captcha PNGs.")
-    parser.add_argument("--dataset_path", required=True, help="folder of test PNGs (<index>-<digits>.png)")
+    parser.add_argument("--dataset_path", required=True, help="labelled folder: <index>-<label>.png files, or images plus labels.tsv")
     parser.add_argument("--checkpoint_path", required=True, help="checkpoint (.ckpt) to evaluate")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
@@ -43,27 +43,23 @@ def evaluate(args: argparse.Namespace) -> dict:
     from mindspore.train import Model
 
     from src.checkpoint import load_network
-    from src.dataset import Progress, create_dataset, list_png_files
+    from src.dataset import Progress, create_dataset, list_samples
+    from src.manifest import dataset_report
     from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
     from src.runtime import set_up
     from src.warpctc import WithLabelCell
 
-    from src.manifest import dataset_report
-
     cfg = config_from_args(args)
     info = set_up(args.platform, device_id=args.device_id)
     print("\n".join(dataset_report(args.dataset_path)), flush=True)
-    net = load_network(args.checkpoint_path, cfg, info.platform,
-                       hidden_size_given="hidden_size" in explicit_overrides(args))
+    # The checkpoint says what it reads (alphabet, length, size, hidden size).
+    net, spec = load_network(args.checkpoint_path, cfg, info.platform, given=explicit_overrides(args))
     # Every image counts: the last, smaller batch is kept.
-    dataset = create_dataset(args.dataset_path, batch_size=cfg.batch_size, device_target=info.platform,
-                             max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
-                             captcha_height=cfg.captcha_height, shuffle=False, drop_remainder=False,
-                             num_parallel_workers=num_workers(cfg))
-    accuracy = WarpCTCAccuracy()
+    dataset = create_dataset(args.dataset_path, cfg, spec, training=False, platform=info.platform)
+    accuracy = WarpCTCAccuracy(spec)
     model = Model(net, eval_network=WithLabelCell(net), metrics={"WarpCTCAccuracy": accuracy,
-                                                               "CER": WarpCTCCharErrorRate()})
-    progress = Progress("eval", len(list_png_files(args.dataset_path)), quiet=args.quiet)
+                                                               "CER": WarpCTCCharErrorRate(spec)})
+    progress = Progress("eval", len(list_samples(args.dataset_path, spec)), quiet=args.quiet)
     start = time.time()
     result = model.eval(dataset, callbacks=[_progress_callback(progress)], dataset_sink_mode=False)
     elapsed = time.time() - start
@@ -79,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         return report_error("eval.py", err)
     print(f"result: {out['result']}")
-    print("accuracy by label length: " + ", ".join(f"{k} digit(s): {v:.4f}" for k, v in out["by_length"].items()))
+    print("accuracy by label length: " + ", ".join(f"{k} char(s): {v:.4f}" for k, v in out["by_length"].items()))
     print(f"evaluated {out['images']} images in {out['seconds']:.1f} s "
           f"({out['images'] / max(out['seconds'], 1e-9):.0f} images/s)")
     return 0

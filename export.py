@@ -1,7 +1,9 @@
 """Export a checkpoint for deployment: ``python export.py --checkpoint_path warpctc.ckpt``.
 
 Writes ``<file_name>.mindir`` (default) with a fixed input shape ``(export_batch_size, 3, H, W)``;
-the output is the logits ``(W, export_batch_size, 11)``, decoded with greedy CTC as in eval.
+the output is the logits ``(W, export_batch_size, classes)``, decoded with greedy CTC as in eval.
+Beside a MINDIR/ONNX/AIR file goes ``<file>.json``: the alphabet, blank index, input shape,
+channel order, rescale, mean/std and resize rule, so the model can be used without MindSpore.
 ``--file_format CKPT`` writes a weights-only checkpoint (no optimizer state: ~14 MB), the
 form in which trained models are released.
 
@@ -13,12 +15,13 @@ the temporary folder.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from src.cli import report_error
 from src.config import add_config_arguments, config_from_args, explicit_overrides
@@ -45,6 +48,46 @@ def output_path(file_name: str, file_format: str) -> str:
     return file_name if file_name.lower().endswith(ext) else file_name + ext
 
 
+def sidecar_path(model_path: str) -> str:
+    """The JSON written beside an exported model: ``warpctc.onnx`` -> ``warpctc.onnx.json``."""
+    return model_path + ".json"
+
+
+def deployment_info(spec, model_file: str, batch_size: int) -> Dict[str, object]:
+    """What a user without MindSpore needs to run an exported model and read its output."""
+    from src.dataset import MEAN, STD
+
+    return {
+        "model_file": model_file,
+        "charset": spec.charset,
+        "blank_index": spec.blank,
+        "num_classes": spec.num_classes,
+        "max_length": spec.max_length,
+        "image_size": {"width": spec.width, "height": spec.height},
+        "input": {
+            "shape": [batch_size, 3, spec.input_height, spec.width],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channel_order": "BGR",
+            "preprocess": ["load as RGB (first frame of a GIF), then reverse the channels to BGR",
+                           "x = x * rescale", "x = (x - mean) / std, per channel in BGR order",
+                           f"resize to {spec.input_height}x{spec.width} (height x width) with bilinear "
+                           "interpolation if the image has another size",
+                           "HWC -> CHW, stack the batch"],
+            "rescale": 1.0 / 255.0,
+            "mean": list(MEAN),
+            "std": list(STD),
+            "resize": {"height": spec.input_height, "width": spec.width, "interpolation": "bilinear"},
+        },
+        "output": {
+            "shape": [spec.sequence_length, batch_size, spec.num_classes],
+            "layout": "TBC: one row of class scores (logits) per image column, per image",
+            "decoding": "greedy CTC: argmax over classes at each step, merge repeated classes, drop blank_index; "
+                        "class i < blank_index is charset[i]",
+        },
+    }
+
+
 def _private_folder(path: str) -> str:
     """A new temporary folder beside ``path`` (same file system, so the final move is a rename)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -63,8 +106,7 @@ def export(args: argparse.Namespace) -> str:
     import mindspore as ms
     import numpy as np
 
-    from src.checkpoint import load_network
-    from src.dataset import network_height
+    from src.checkpoint import load_network, model_record
     from src.runtime import set_up
 
     if args.export_batch_size <= 0:
@@ -78,20 +120,25 @@ def export(args: argparse.Namespace) -> str:
     work = _private_folder(path)
     try:
         set_up(args.platform)
-        net = load_network(args.checkpoint_path, cfg, args.platform,
-                           hidden_size_given="hidden_size" in explicit_overrides(args))
-        dummy = ms.Tensor(np.zeros((args.export_batch_size, 3, network_height(cfg.captcha_height),
-                                    cfg.captcha_width), dtype=np.float32))
+        net, spec = load_network(args.checkpoint_path, cfg, args.platform, given=explicit_overrides(args))
+        dummy = ms.Tensor(np.zeros((args.export_batch_size, 3, spec.input_height, spec.width), dtype=np.float32))
         written = os.path.join(work, output_path("export", args.file_format))
         # MindSpore logs its own multi-line CRITICAL message on a failed write; the error below says it once.
         logging.disable(logging.CRITICAL)
         try:
             if args.file_format == "CKPT":
-                ms.save_checkpoint(net, written)
+                ms.save_checkpoint(net, written, append_dict=model_record(spec, net.hidden_size))
             else:
                 ms.export(net, dummy, file_name=os.path.join(work, "export"), file_format=args.file_format)
             if not os.path.isfile(written):
                 raise ValueError(f"{args.file_format} export wrote no file {path}")
+            if args.file_format != "CKPT":
+                # Beside the model, everything a non-MindSpore user needs to feed it and read it.
+                with open(os.path.join(work, "export.json"), "w", encoding="utf-8") as handle:
+                    json.dump(deployment_info(spec, os.path.basename(path), args.export_batch_size), handle,
+                              indent=1, ensure_ascii=False)
+                    handle.write("\n")
+                os.replace(os.path.join(work, "export.json"), sidecar_path(path))
             os.replace(written, path)
         except OSError as err:
             kept = "the existing file is left as it was" if os.path.exists(path) else "nothing was written"
@@ -111,8 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = export(args)
     except ValueError as err:
         return report_error("export.py", err)
-    shape = "" if args.file_format == "CKPT" else f" (input shape: {args.export_batch_size} x 3 x H x W, float32)"
-    print(f"exported {os.path.abspath(path)}{shape}")
+    print(f"exported {os.path.abspath(path)}")
+    if args.file_format != "CKPT":
+        print(f"how to feed it and read its output: {os.path.abspath(sidecar_path(path))}")
     return 0
 
 

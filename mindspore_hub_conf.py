@@ -14,8 +14,10 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
 
     ``kwargs`` are :class:`src.config.Config` fields (e.g. ``hidden_size=512``); positional
     ``args`` go straight to :class:`StackedRNN` (``input_size, hidden_size, ...``) as with the
-    original hub entry. With ``checkpoint_path`` the weights are loaded (hidden size read from
-    the file unless given) and the network is put in inference mode. No MindSpore context is
+    original hub entry. With ``checkpoint_path`` the weights are loaded and the network is put in
+    inference mode; the checkpoint says what it reads (alphabet, length, image size, hidden size),
+    and a keyword that contradicts it is a ValueError. ``net.spec`` (a :class:`CaptchaSpec`)
+    decodes the outputs: ``net.spec.greedy_decode(net(x).asnumpy())``. No MindSpore context is
     set: the network runs in the caller's mode, PyNative (MindSpore's default) or graph.
     """
     if name != "warpctc":
@@ -39,5 +41,5 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
     if checkpoint_path:
         from src.checkpoint import load_network
 
-        return load_network(checkpoint_path, cfg, platform, hidden_size_given="hidden_size" in kwargs)
+        return load_network(checkpoint_path, cfg, platform, given=kwargs)[0]
     return create_warpctc(cfg, platform)

@@ -3,19 +3,19 @@
 Prints ``file<TAB>text<TAB>confidence`` per image, in the order given (folders: their PNG,
 JPEG, GIF and BMP files sorted by name; a GIF is read from its first frame). File names need
 not carry a label. Preprocessing is the training/eval pipeline itself, and the text is eval's
-greedy CTC decoding. The confidence (4 decimals, in [0, 1]) is the probability of the
-decoded best path: the product over all time steps of the largest softmax probability of
-that step. Progress goes to stderr unless ``--quiet``.
+greedy CTC decoding. The confidence (4 decimals, in [0, 1]) is the model's probability of
+the decoded text: the CTC probability summed over every alignment that spells it. Progress
+goes to stderr unless ``--quiet``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Iterable, List, NamedTuple, Optional, Sequence
 
 from src.cli import report_error
-from src.config import add_config_arguments, config_from_args, explicit_overrides, num_workers
+from src.config import add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
 
@@ -28,7 +28,7 @@ class Prediction(NamedTuple):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Recognise the digits of captcha images with a checkpoint.")
+    parser = argparse.ArgumentParser(description="Read the text of captcha images with a checkpoint.")
     parser.add_argument("inputs", nargs="+",
                         help="image files (PNG, JPEG, GIF: first frame, BMP) and/or folders; a folder's "
                              ".png/.jpg/.jpeg/.gif/.bmp files are read in name order, its other files are "
@@ -56,20 +56,21 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
 
 
 def predict(paths: Sequence[str], checkpoint_path: str, cfg, platform: str = "CPU",
-            hidden_size_given: bool = False, quiet: bool = False) -> List[Prediction]:
-    """A :class:`Prediction` for every image, in order; progress on stderr unless ``quiet``."""
+            given: Iterable[str] = (), quiet: bool = False) -> List[Prediction]:
+    """A :class:`Prediction` for every image, in order; progress on stderr unless ``quiet``.
+
+    The checkpoint says what it reads; ``given`` names options set explicitly (a contradiction
+    with the checkpoint is an error).
+    """
     from src.checkpoint import load_network
     from src.dataset import Progress, create_predict_dataset
-    from src.metric import decode_with_confidence
 
-    # The dataset checks every image first: a bad file fails before the network is built.
-    dataset = create_predict_dataset(paths, batch_size=cfg.batch_size, captcha_width=cfg.captcha_width,
-                                     captcha_height=cfg.captcha_height, num_parallel_workers=num_workers(cfg))
-    net = load_network(checkpoint_path, cfg, platform, hidden_size_given)
+    net, spec = load_network(checkpoint_path, cfg, platform, given)
+    dataset = create_predict_dataset(paths, cfg, spec)
     progress = Progress("predict", len(paths), quiet=quiet)
     results: List[Prediction] = []
     for image, index in dataset.create_tuple_iterator():
-        decoded = decode_with_confidence(net(image).asnumpy())
+        decoded = spec.greedy_decode_with_confidence(net(image).asnumpy())
         for i, (text, confidence) in zip(index.asnumpy().tolist(), decoded):
             results.append(Prediction(paths[i], text, confidence))
         progress.add(len(decoded))
@@ -85,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         paths = collect_images(args.inputs)
         set_up(args.platform, device_id=args.device_id)
         results = predict(paths, args.checkpoint_path, cfg, args.platform,
-                          hidden_size_given="hidden_size" in explicit_overrides(args), quiet=args.quiet)
+                          given=explicit_overrides(args), quiet=args.quiet)
     except ValueError as err:
         return report_error("predict.py", err)
     for result in results:

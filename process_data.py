@@ -1,6 +1,9 @@
 """Render the captcha dataset: ``<out>/train`` and ``<out>/test`` folders of PNG files.
 
-Each file is ``<zero-padded index>-<digits>.png``; the label is the part after the first
+What is rendered comes from the same :class:`src.config.Config` as training (``--config_path``,
+``--charset``, ``--max_captcha_digits``, ``--captcha_width``, ``--captcha_height``, ``--seed``):
+labels of 1..``max_captcha_digits`` characters of the alphabet, length and characters uniform.
+Each file is ``<zero-padded index>-<label>.png``; the label is the part after the first
 ``-``. The same ``--seed`` gives the same labels and byte-identical images whatever the
 number of worker processes. A split is rendered into a hidden staging folder and swapped
 in only when complete, so a re-run never leaves old and new images mixed; a split that fails
@@ -22,19 +25,24 @@ import shutil
 import signal
 import sys
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import captcha.image
 from captcha.image import ImageCaptcha
+from PIL import Image, ImageDraw
+from PIL.ImageFont import FreeTypeFont
 
+from src.captcha_spec import CaptchaSpec
 from src.cli import report_error
-from src.config import check_sequence_length
-from src.manifest import MANIFEST_NAME, write_manifest
+from src.config import add_config_arguments, config_from_args
+from src.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
-# What labels are drawn from; the captcha spec of a later release will supply these.
-ALPHABET = "0123456789"
-MIN_LENGTH = 1
-FILE_RE = re.compile(r"^\d+-\d+\.png$")
+MIN_LENGTH = 1                 # labels have MIN_LENGTH..max_length characters, as the spec reads them
+# The Config fields that decide what is rendered; the others belong to training.
+RENDER_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed")
+FILE_RE = re.compile(r"^\d+-(?P<label>.+)\.png$")
+# A code point no font draws: what a font renders for a character it lacks (its .notdef glyph).
+_NO_GLYPH = "\U0010FFFF"
 # Hidden folders of a run in progress: the split being rendered, and the split it replaces.
 LEFTOVER_RE = re.compile(r"^\.(?P<split>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
@@ -59,21 +67,52 @@ class _SeededSecrets:
         return self._rng.choice(seq)
 
 
-def sample_label(rng: random.Random, max_digits: int) -> str:
-    """A label of MIN_LENGTH..max_digits characters of ALPHABET, length and characters uniform."""
-    length = rng.randint(MIN_LENGTH, max_digits)
-    return "".join(ALPHABET[rng.randrange(len(ALPHABET))] for _ in range(length))
+def sample_label(rng: random.Random, spec: CaptchaSpec) -> str:
+    """A label of MIN_LENGTH..max_length characters of the alphabet, length and characters uniform."""
+    length = rng.randint(MIN_LENGTH, spec.max_length)
+    # One randrange per character: for the digits these are the draws every earlier release made,
+    # so the same seed still gives the same labels and images.
+    return "".join(spec.charset[rng.randrange(len(spec.charset))] for _ in range(length))
 
 
-def plan_split(count: int, max_digits: int, seed: int, split: str) -> List[Tuple[str, str]]:
-    """File names and labels of one split, a pure function of (count, max_digits, seed, split)."""
+def plan_split(count: int, spec: CaptchaSpec, seed: int, split: str) -> List[Tuple[str, str]]:
+    """File names and labels of one split, a pure function of (count, alphabet, max length, seed, split)."""
     rng = random.Random(f"warpctc-labels-{seed}-{split}")
     width = len(str(count))
     plan = []
     for index in range(count):
-        label = sample_label(rng, max_digits)
+        label = sample_label(rng, spec)
         plan.append((f"{index:0{width}d}-{label}.png", label))
     return plan
+
+
+def _glyph(font: FreeTypeFont, char: str) -> Image.Image:
+    canvas = Image.new("L", (2 * font.size, 2 * font.size))
+    ImageDraw.Draw(canvas).text((font.size // 2, 0), char, font=font, fill=255)
+    return canvas
+
+
+def undrawable_characters(charset: str, fonts: Sequence[FreeTypeFont]) -> List[str]:
+    """The characters of ``charset`` that one of ``fonts`` draws as nothing or as its missing-glyph box."""
+    missing = []
+    for font in fonts:
+        no_glyph = _glyph(font, _NO_GLYPH).tobytes()
+        for char in charset:
+            glyph = _glyph(font, char)
+            if char not in missing and (glyph.getbbox() is None or glyph.tobytes() == no_glyph):
+                missing.append(char)
+    return missing
+
+
+def check_renderable(spec: CaptchaSpec) -> None:
+    """ValueError unless every character of the alphabet fits in a file name and ``captcha`` can draw it."""
+    if "/" in spec.charset:
+        raise ValueError(f"--charset {spec.charset!r} holds '/', which cannot be part of a file name "
+                         f"(process_data.py names each image <index>-<label>.png)")
+    missing = undrawable_characters(spec.charset, ImageCaptcha().truefonts)
+    if missing:
+        raise ValueError(f"--charset {spec.charset!r}: the captcha package's fonts cannot draw "
+                         f"{''.join(missing)!r}")
 
 
 _GENERATOR: ImageCaptcha | None = None
@@ -170,24 +209,46 @@ def _swap_in(staging: str, out_dir: str) -> None:
               f"the next run removes it", file=sys.stderr)
 
 
-def render_split(out_dir: str, count: int, *, width: int = 160, height: int = 64, max_digits: int = 4,
-                 seed: int = 1, split: str = "train", workers: int = 1, progress: bool = True) -> List[str]:
-    """Render ``count`` captchas into ``out_dir`` (replaced as a whole) and return the file names.
+def _foreign_files(out_dir: str, spec: CaptchaSpec) -> List[str]:
+    """Names in an existing split folder that process_data.py would not have written there.
+
+    Ours are the manifest and ``<index>-<label>.png`` files whose label is made of the alphabet
+    being rendered or of the one the folder's manifest records (a split of another alphabet
+    that this run replaces).
+    """
+    alphabet = set(spec.charset)
+    try:
+        manifest = read_manifest(out_dir)
+    except ValueError:
+        manifest = None          # a damaged manifest goes with the split it describes
+    if manifest is not None:
+        alphabet |= set(manifest["alphabet"])
+    foreign = []
+    for name in os.listdir(out_dir):
+        match = FILE_RE.match(name)
+        if name != MANIFEST_NAME and not (match and set(match.group("label")) <= alphabet):
+            foreign.append(name)
+    return sorted(foreign)
+
+
+def render_split(out_dir: str, count: int, *, spec: CaptchaSpec = CaptchaSpec(), seed: int = 1,
+                 split: str = "train", workers: int = 1, progress: bool = True) -> List[str]:
+    """Render ``count`` captchas of ``spec`` into ``out_dir`` (replaced as a whole) and return the file names.
 
     Bad arguments and environment failures (a full disk, a read-only folder) raise ValueError
     with a one-line message naming the path; an existing ``out_dir`` is then left as it was.
     """
     if count <= 0:
         raise ValueError(f"--{split}_count must be positive, got {count}")
-    check_sequence_length(width, max_digits)
+    check_renderable(spec)
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"{out_dir}: exists and is not a folder")
-        foreign = [name for name in os.listdir(out_dir) if not FILE_RE.match(name) and name != MANIFEST_NAME]
+        foreign = _foreign_files(out_dir, spec)
         if foreign:
             raise ValueError(f"{out_dir}: holds files that process_data.py did not write "
-                             f"(e.g. {sorted(foreign)[0]}); refusing to replace it, choose another --output_dir")
+                             f"(e.g. {foreign[0]}); refusing to replace it, choose another --output_dir")
     kept = "the existing folder is left as it was" if os.path.exists(out_dir) else "nothing was written"
     parent = os.path.dirname(out_dir)
     try:
@@ -199,15 +260,15 @@ def render_split(out_dir: str, count: int, *, width: int = 160, height: int = 64
     except OSError as err:
         raise ValueError(f"{out_dir}: cannot write in {err.filename or parent}: {err.strerror or err}; "
                          f"{kept}") from None
-    plan = plan_split(count, max_digits, seed, split)
-    jobs = [(os.path.join(staging, name), label, f"warpctc-image-{seed}-{split}-{i}", width, height)
+    plan = plan_split(count, spec, seed, split)
+    jobs = [(os.path.join(staging, name), label, f"warpctc-image-{seed}-{split}-{i}", spec.width, spec.height)
             for i, (name, label) in enumerate(plan)]
     try:
         _run_jobs(jobs, workers, split, progress)
         # Written last: a staging folder with a manifest is complete.
         write_manifest(staging, {
-            "split": split, "count": count, "seed": seed, "width": width, "height": height,
-            "min_length": MIN_LENGTH, "max_length": max_digits, "alphabet": ALPHABET,
+            "split": split, "count": count, "seed": seed, "width": spec.width, "height": spec.height,
+            "min_length": MIN_LENGTH, "max_length": spec.max_length, "alphabet": spec.charset,
             "captcha_version": importlib.metadata.version("captcha"),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
         _swap_in(staging, out_dir)
@@ -251,6 +312,7 @@ def _raise_terminated(signum: int, frame) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """process_data.py's options: its own, then the Config fields of RENDER_FIELDS."""
     parser = argparse.ArgumentParser(
         description="Render the WarpCTC captcha dataset (<output_dir>/train and <output_dir>/test).")
     parser.add_argument("--output_dir", default="data", help="folder that receives train/ and test/ (default: data)")
@@ -258,14 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_count", type=int, default=10000, help="number of test images (default: 10000)")
     parser.add_argument("--splits", default="train,test",
                         help="comma-separated splits to render: train, test or both (default: train,test)")
-    parser.add_argument("--captcha_width", type=int, default=160, help="image width in pixels (default: 160)")
-    parser.add_argument("--captcha_height", type=int, default=64, help="image height in pixels (default: 64)")
-    parser.add_argument("--max_captcha_digits", type=int, default=4, help="labels have 1..N digits (default: 4)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: the CPU count, here %(default)s)")
-    parser.add_argument("--seed", type=int, default=1, help="seed: the same seed gives identical files (default: 1)")
     parser.add_argument("--quiet", action="store_true", help="do not print progress")
-    return parser
+    return add_config_arguments(parser, RENDER_FIELDS)
 
 
 def parse_splits(text: str) -> List[str]:
@@ -281,16 +339,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        for name in ("captcha_width", "captcha_height", "max_captcha_digits", "workers"):
-            if getattr(args, name) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+        cfg = config_from_args(args)
+        spec = CaptchaSpec.from_config(cfg)
+        if args.workers <= 0:
+            raise ValueError(f"--workers must be positive, got {args.workers}")
         for split in parse_splits(args.splits):
             count = args.train_count if split == "train" else args.test_count
             start = time.time()
             out = os.path.join(args.output_dir, split)
-            render_split(out, count, width=args.captcha_width, height=args.captcha_height,
-                         max_digits=args.max_captcha_digits, seed=args.seed, split=split,
-                         workers=args.workers, progress=not args.quiet)
+            render_split(out, count, spec=spec, seed=cfg.seed, split=split, workers=args.workers,
+                         progress=not args.quiet)
             elapsed = time.time() - start
             print(f"{split}: {count} images in {os.path.abspath(out)} "
                   f"({elapsed:.1f} s, {count / max(elapsed, 1e-9):.0f} images/s)", flush=True)

@@ -17,7 +17,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from src.cli import report_error
-from src.config import Config, add_config_arguments, config_from_args, num_workers
+from src.captcha_spec import CaptchaSpec
+from src.config import Config, add_config_arguments, config_from_args
 from src.runtime import PLATFORMS, RunInfo, set_up
 
 
@@ -57,63 +58,30 @@ def _checkpoint_dir(cfg: Config, info: RunInfo) -> str:
     return cfg.save_checkpoint_path
 
 
-def build_training(cfg: Config, info: RunInfo, dataset_path: str):
+def build_training(cfg: Config, info: RunInfo, dataset_path: str, spec):
     """This rank's dataset shard plus the network, schedule and one-step training cell."""
     from src.dataset import create_dataset
     from src.warpctc_for_train import build_train_cell
 
-    dataset = create_dataset(dataset_path, batch_size=cfg.batch_size, num_shards=info.group_size,
-                             shard_id=info.rank, device_target=info.platform,
-                             max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
-                             captcha_height=cfg.captcha_height, seed=cfg.seed,
-                             num_parallel_workers=num_workers(cfg, info.platform, training=True))
+    dataset = create_dataset(dataset_path, cfg, spec, training=True, num_shards=info.group_size,
+                             shard_id=info.rank, platform=info.platform)
     steps_per_epoch = dataset.get_dataset_size()
     net, train_cell, lr = build_train_cell(cfg, info.platform, steps_per_epoch, info.group_size)
     return dataset, net, train_cell, steps_per_epoch, lr
 
 
-def restore(train_cell, path: str, record: Dict[str, int]) -> Tuple[str, int]:
-    """Load weights and optimizer state; return the file used and the global step it was taken at.
-
-    ``record`` is this run's batch size, device count and steps per epoch: a checkpoint that
-    recorded other values is refused (its step would point elsewhere in the data).
-    """
-    from src.checkpoint import check_run_record, latest_checkpoint, load_into, read_checkpoint
-
-    if os.path.isdir(path):
-        path = latest_checkpoint(path)
-    params = read_checkpoint(path)
-    check_run_record(path, params, record)
-    # The learning-rate table and the momentum factor come from the configuration, not the file.
-    load_into(train_cell, path, params=params, ignore=("learning_rate", "momentum"))
-    return path, int(params["global_step"].asnumpy().reshape(-1)[0])
-
-
-def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int):
+def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int, spec):
     """The LearningCurve callback with its held-out batches loaded once, in memory (nothing written yet)."""
-    import mindspore as ms
-
     from src.callbacks import LearningCurve
-    from src.dataset import create_dataset
+    from src.dataset import load_batches
 
     if args.eval_every <= 0 or args.eval_images < 0:
         raise ValueError("--eval_every must be positive and --eval_images >= 0")
-    dataset = create_dataset(args.eval_dataset_path, batch_size=cfg.batch_size, device_target=info.platform,
-                             max_captcha_digits=cfg.max_captcha_digits, captcha_width=cfg.captcha_width,
-                             captcha_height=cfg.captcha_height, shuffle=False, drop_remainder=False,
-                             num_parallel_workers=num_workers(cfg))
-    batches, count = [], 0
-    for image, label in dataset.create_tuple_iterator(output_numpy=True):
-        if args.eval_images:
-            image, label = image[: args.eval_images - count], label[: args.eval_images - count]
-        batches.append((ms.Tensor(image), label))
-        count += len(label)
-        if args.eval_images and count >= args.eval_images:
-            break
+    batches, count = load_batches(args.eval_dataset_path, cfg, spec, limit=args.eval_images, platform=info.platform)
     csv_path = _curve_csv(args, cfg, info)
     print(f"learning curve: {count} images of {args.eval_dataset_path} every {args.eval_every} steps -> {csv_path}",
           flush=True)
-    return LearningCurve(net, batches, args.eval_every, csv_path, lr, start_step)
+    return LearningCurve(net, batches, args.eval_every, csv_path, lr, spec, start_step)
 
 
 def _curve_csv(args: argparse.Namespace, cfg: Config, info: RunInfo) -> str:
@@ -121,7 +89,7 @@ def _curve_csv(args: argparse.Namespace, cfg: Config, info: RunInfo) -> str:
 
 
 def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int, total_steps: int,
-                   optimizer, record: Dict[str, int]) -> Tuple[List, object, Optional[object]]:
+                   optimizer, record: Dict[str, object]) -> Tuple[List, object, Optional[object]]:
     """Step counter, loss and progress lines, timing, the stop at --train_steps and checkpointing.
 
     Returns the callback list, its Progress and its StepCheckpoint (None with checkpoints off).
@@ -198,7 +166,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     import mindspore as ms
     from mindspore.train import Model
 
-    from src.checkpoint import remove_unfinished_saves
+    from src.checkpoint import model_record, remove_unfinished_saves
     from src.run_lock import hold_folder
 
     from src.manifest import dataset_report
@@ -208,7 +176,8 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
         print("\n".join(dataset_report(args.dataset_path, args.eval_dataset_path)), flush=True)
     state.distributed, state.save_checkpoint = info.distributed, cfg.save_checkpoint
     ms.set_seed(cfg.seed)
-    dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path)
+    spec = CaptchaSpec.from_config(cfg)
+    dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path, spec)
     total_steps = len(lr)                                   # train_steps, or epoch_size whole epochs
     state.total_steps = total_steps
     epochs = -(-total_steps // steps_per_epoch)
@@ -220,12 +189,14 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     record = {"batch_size": cfg.batch_size, "device_num": info.group_size, "steps_per_epoch": steps_per_epoch}
     start_step = 0
     if args.init_checkpoint:
-        from src.checkpoint import load_into
+        from src.checkpoint import load_for_finetune
 
-        load_into(net, args.init_checkpoint)
-        print(f"network weights from {args.init_checkpoint}; optimizer and schedule start at step 0", flush=True)
+        notice = load_for_finetune(net, args.init_checkpoint, spec)
+        print(f"{notice}; optimizer and schedule start at step 0", flush=True)
     if args.resume_checkpoint:
-        resume_path, start_step = restore(train_cell, args.resume_checkpoint, record)
+        from src.checkpoint import restore_training
+
+        resume_path, start_step = restore_training(train_cell, args.resume_checkpoint, record, cfg)
         state.resumed_from = (resume_path, start_step)
         if start_step >= total_steps:
             print(f"checkpoint {resume_path} is at step {start_step}: the {total_steps} steps of this run "
@@ -242,7 +213,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
           flush=True)
     curve = None
     if args.eval_dataset_path and info.rank == 0:
-        curve = learning_curve(args, cfg, info, net, lr, start_step)
+        curve = learning_curve(args, cfg, info, net, lr, start_step, spec)
     # Everything above only read; from here on the run writes. One run per folder: a second
     # one would interleave its files with this one's.
     folder = _checkpoint_dir(cfg, info)
@@ -253,7 +224,8 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
             print(f"removed the unfinished save(s) of an interrupted run from {os.path.abspath(folder)}: "
                   f"{', '.join(removed)}", flush=True)
     callbacks, state.progress, state.checkpoints = make_callbacks(cfg, info, steps_per_epoch, start_step,
-                                                                  total_steps, train_cell.optimizer, record)
+                                                                  total_steps, train_cell.optimizer,
+                                                                  {**record, **model_record(spec, cfg.hidden_size)})
     if curve is not None:
         curve.check_writable()
         callbacks.insert(1, curve)

@@ -64,7 +64,7 @@ def separation_table(reads: Sequence[Tuple[float, bool]]) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_path", default=os.path.join(REPO, "data", "test"),
-                        help="folder of labelled captchas <index>-<digits>.png (default: <repo>/data/test)")
+                        help="labelled folder: <index>-<label>.png files or images + labels.tsv (default: <repo>/data/test)")
     parser.add_argument("--checkpoint_path", default=os.path.join(REPO, "pretrained", "warpctc.ckpt"),
                         help="checkpoint to read with (default: the released model)")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -72,8 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         import predict
+        from src.checkpoint import read_checkpoint, resolve_model
         from src.config import Config
-        from src.dataset import parse_label
+        from src.dataset import list_samples
         from src.runtime import set_up
 
         if args.batch_size <= 0:
@@ -81,10 +82,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not os.path.isdir(args.dataset_path):
             raise ValueError(f"{args.dataset_path}: no such folder (render the test set with "
                              f"python process_data.py --splits test --quiet)")
-        paths = predict.collect_images([args.dataset_path])
-        labels = [parse_label(path) for path in paths]
+        cfg = Config(batch_size=args.batch_size)
+        # the labels are read with the checkpoint's own alphabet (labels.tsv folders work too)
+        _, spec = resolve_model(args.checkpoint_path, read_checkpoint(args.checkpoint_path), cfg)
+        paths, labels = zip(*list_samples(args.dataset_path, spec))
         set_up("CPU")
-        results = predict.predict(paths, args.checkpoint_path, Config(batch_size=args.batch_size), quiet=args.quiet)
+        results = predict.predict(list(paths), args.checkpoint_path, cfg, quiet=args.quiet)
     except ValueError as err:
         return report_error("bench_confidence.py", err)
     print(f"machine: {cpu_model()}")

@@ -1,6 +1,6 @@
 """Training-step speed: this project's step vs an equivalent PyTorch step, in one run.
 
-    python bench/bench_train_step.py [--steps 10] [--warmup 3] [--functional] [--no_torch]
+    python bench/bench_train_step.py [--steps 10] [--warmup 3] [--functional] [--no_torch] [--charset ...]
 
 Prints the median seconds per step of each, the ratio project/pytorch, the achieved GFLOP/s
 against a 4096^3 fp32 matmul measured in the same run, and the project step's top ops by time
@@ -21,25 +21,31 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from src.captcha_spec import CaptchaSpec  # noqa: E402
+from src.cli import report_error  # noqa: E402
+from src.config import add_config_arguments, config_from_args  # noqa: E402
+
+# What the step's cost depends on: the captcha (time steps, input size, classes) and the sizes.
+BENCH_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "batch_size", "hidden_size")
 
 
-def lstm_step_gflop(batch: int, steps: int, features: int, hidden: int, layers: int = 2, classes: int = 11) -> float:
+def lstm_step_gflop(spec: CaptchaSpec, batch: int, hidden: int, layers: int = 2) -> float:
     """Multiply-add FLOPs of forward + backward (backward ~ 2x forward) for the WarpCTC network."""
+    steps = spec.sequence_length
     forward = 0
     for layer in range(layers):
-        layer_in = features if layer == 0 else hidden
+        layer_in = spec.input_size if layer == 0 else hidden
         forward += 2 * 4 * hidden * (layer_in + hidden) * batch * steps
-    forward += 2 * hidden * classes * batch * steps
+    forward += 2 * hidden * spec.num_classes * batch * steps
     return 3 * forward / 1e9
 
 
-def batch_arrays(batch: int, height: int, width: int, seed: int = 0):
+def batch_arrays(spec: CaptchaSpec, batch: int, seed: int = 0):
+    """Random images at the network's input size and coded random labels of the spec."""
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, 3, height, width)).astype(np.float32)
-    lengths = rng.integers(1, 5, batch)
-    labels = np.full((batch, 4), 10, dtype=np.int32)
-    for i, n in enumerate(lengths):
-        labels[i, :n] = rng.integers(0, 10, n)
+    images = rng.standard_normal((batch, 3, spec.input_height, spec.width)).astype(np.float32)
+    labels = np.stack([spec.encode("".join(rng.choice(list(spec.charset), rng.integers(1, spec.max_length + 1))))
+                       for _ in range(batch)])
     return images, labels
 
 
@@ -82,7 +88,7 @@ def project_step(cfg, images, labels, functional: bool = False):
     return lambda: float(functional_step(x, y).asnumpy())
 
 
-def torch_step(cfg, images, labels, threads: int):
+def torch_step(cfg, spec: CaptchaSpec, images, labels, threads: int):
     """The same network, CTC loss, SGD with momentum and clipping in PyTorch."""
     import torch
 
@@ -92,8 +98,8 @@ def torch_step(cfg, images, labels, threads: int):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm = torch.nn.LSTM(images.shape[2] * 3, cfg.hidden_size, num_layers=2)
-            self.fc = torch.nn.Linear(cfg.hidden_size, 11)
+            self.lstm = torch.nn.LSTM(spec.input_size, cfg.hidden_size, num_layers=2)
+            self.fc = torch.nn.Linear(cfg.hidden_size, spec.num_classes)
 
         def forward(self, x):
             b, _, h, w = x.shape
@@ -103,9 +109,9 @@ def torch_step(cfg, images, labels, threads: int):
 
     net = Net()
     opt = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
-    ctc = torch.nn.CTCLoss(blank=10, reduction="sum")
+    ctc = torch.nn.CTCLoss(blank=spec.blank, reduction="sum")
     x = torch.from_numpy(images)
-    target_lengths = torch.from_numpy((labels != 10).sum(1).astype(np.int64))
+    target_lengths = torch.from_numpy((labels != spec.blank).sum(1).astype(np.int64))
     targets = torch.from_numpy(labels.astype(np.int64))
     input_lengths = torch.full((images.shape[0],), images.shape[3], dtype=torch.int64)
 
@@ -143,16 +149,16 @@ def profile_top_ops(cfg, images, labels, steps: int = 3, top: int = 8, functiona
 
     step = project_step(cfg, images, labels, functional)
     step()
-    out = tempfile.mkdtemp(prefix="warpctc_prof_")
-    profiler = ms.Profiler(output_path=out)
-    for _ in range(steps):
-        step()
-    profiler.analyse()
-    files = glob.glob(os.path.join(out, "**", "cpu_op_type_info_*.csv"), recursive=True)
-    if not files:
-        return []
-    with open(files[0], newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    with tempfile.TemporaryDirectory(prefix="warpctc_prof_") as out:
+        profiler = ms.Profiler(output_path=out)
+        for _ in range(steps):
+            step()
+        profiler.analyse()
+        files = glob.glob(os.path.join(out, "**", "cpu_op_type_info_*.csv"), recursive=True)
+        if not files:
+            return []
+        with open(files[0], newline="") as handle:
+            rows = list(csv.DictReader(handle))
     total = sum(float(r["total_compute_time"]) for r in rows)
     rows.sort(key=lambda r: float(r["total_compute_time"]), reverse=True)
     return [(r["op_type"], float(r["total_compute_time"]) / steps, float(r["total_compute_time"]) / total)
@@ -163,27 +169,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per implementation (default: 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--hidden_size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch threads (default: all)")
     parser.add_argument("--functional", action="store_true",
                         help="also time the value_and_grad + @ms.jit functional step (the slow trap)")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch step")
     parser.add_argument("--no_profile", action="store_true", help="skip the profiler run")
+    add_config_arguments(parser, BENCH_FIELDS)
     args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as err:
+        return report_error("bench_train_step.py", err)
+    spec = CaptchaSpec.from_config(cfg)
 
     import mindspore as ms
-
-    from src.config import Config
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     ms.set_seed(1)
-    cfg = Config(batch_size=args.batch_size, hidden_size=args.hidden_size)
-    images, labels = batch_arrays(cfg.batch_size, cfg.captcha_height, cfg.captcha_width)
-    gflop = lstm_step_gflop(cfg.batch_size, cfg.captcha_width, cfg.captcha_height * 3, cfg.hidden_size)
+    images, labels = batch_arrays(spec, cfg.batch_size)
+    gflop = lstm_step_gflop(spec, cfg.batch_size, cfg.hidden_size)
     print(f"machine: {os.cpu_count()} CPU(s); batch {cfg.batch_size}, hidden {cfg.hidden_size}, "
-          f"T={cfg.captcha_width}; {gflop:.0f} GFLOP per training step")
+          f"T={spec.sequence_length}, {spec.num_classes} classes; {gflop:.0f} GFLOP per training step")
 
     results = {}
     results["project"] = statistics.median(time_steps(project_step(cfg, images, labels), args.steps, args.warmup))
@@ -193,7 +200,7 @@ def main(argv=None) -> int:
     if not args.no_torch:
         try:
             results["pytorch"] = statistics.median(
-                time_steps(torch_step(cfg, images, labels, args.threads), args.steps, args.warmup))
+                time_steps(torch_step(cfg, spec, images, labels, args.threads), args.steps, args.warmup))
         except ImportError:
             print("pytorch: not installed (pip install -r bench/requirements.txt)")
     peak, lib = matmul_peak_gflops()

@@ -4,13 +4,14 @@ Not part of the product and not run by CI (PyTorch is not a dependency). A 60-mi
 tests one recipe; on a GPU this script runs dozens of recipes, several seeds each, in minutes,
 so only the promising ones get a MindSpore CPU run. The replica matches ``src/`` where it
 matters for learning dynamics: BGR pixels rescaled and normalised with ``src.dataset`` MEAN/STD,
-every pixel column a time step of a 2x512 LSTM (PyTorch and MindSpore share the gate order
-i, f, g, o and the uniform(+-1/sqrt(H)) init) and a dense layer, CTC with blank 10 averaged
-over the batch, global-norm clipping, ``src.lr_schedule.get_lr`` and fp32 arithmetic (TF32
-off). Final numbers always come from MindSpore on the CPU (``train.py`` / ``eval.py``).
+every pixel column a time step of a two-layer LSTM of ``hidden_size`` (PyTorch and MindSpore
+share the gate order i, f, g, o and the uniform(+-1/sqrt(H)) init) and a dense layer, the
+classes and CTC blank of the captcha spec, CTC averaged over the batch, global-norm clipping,
+``src.lr_schedule.get_lr`` and fp32 arithmetic (TF32 off). Final numbers always come from
+MindSpore on the CPU (``train.py`` / ``eval.py``).
 
     python bench/recipe_search_torch.py --data data --fresh fresh/test --jobs jobs.json \
-        --out results --parallel 6 --deadline_s 400
+        --out results --parallel 6 --deadline_s 400 [--charset ... | --config_path ...]
 
 ``jobs.json`` is a list of recipes (see ``Job``); results stream to ``<out>/results.jsonl``
 (one line per finished job: full-test and fresh-set accuracy) and ``<out>/curves.jsonl``.
@@ -18,6 +19,8 @@ off). Final numbers always come from MindSpore on the CPU (``train.py`` / ``eval
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -28,8 +31,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from src.dataset import BLANK, MEAN, NUM_CLASSES, STD, encode_label, load_bgr, parse_label  # noqa: E402
+from src.captcha_spec import CaptchaSpec  # noqa: E402
+from src.cli import report_error  # noqa: E402
+from src.config import add_config_arguments, config_from_args  # noqa: E402
+from src.dataset import MEAN, STD, load_bgr, parse_label  # noqa: E402
 from src.lr_schedule import get_lr  # noqa: E402
+
+# The replica's captcha and network size come from Config; the recipe is the Job's.
+RECIPE_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "hidden_size")
 
 
 @dataclass
@@ -52,18 +61,22 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
-def _load_one(path: str):
-    return load_bgr(path), encode_label(parse_label(path))
+def _load_one(path: str, spec: CaptchaSpec):
+    return load_bgr(path), spec.encode(parse_label(path, spec), source=path)
 
 
-def pack_folder(folder: str, cache: str) -> str:
-    """Decode a folder of ``<index>-<digits>.png`` into one ``.npz`` (uint8 BGR images, coded labels)."""
+def pack_folder(folder: str, cache_dir: str, name: str, spec: CaptchaSpec) -> str:
+    """Decode a folder of ``<index>-<label>.png`` into one ``.npz`` (uint8 BGR images, coded labels).
+
+    The cache file is named after the spec, since the label coding depends on it.
+    """
+    cache = os.path.join(cache_dir, f"{name}-{hashlib.sha256(spec.to_json().encode()).hexdigest()[:12]}.npz")
     if os.path.exists(cache):
         return cache
     names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
     paths = [os.path.join(folder, n) for n in names]
     with mp.get_context("fork").Pool(min(16, os.cpu_count() or 1)) as pool:
-        items = pool.map(_load_one, paths, chunksize=256)
+        items = pool.map(functools.partial(_load_one, spec=spec), paths, chunksize=256)
     images = np.stack([i for i, _ in items])
     labels = np.stack([l for _, l in items]).astype(np.int64)
     np.savez(cache, images=images, labels=labels)
@@ -83,7 +96,7 @@ def lr_table(job: Job, steps_per_epoch: int) -> np.ndarray:
 _DATA = {}
 
 
-def _worker(job_dict, paths, out_dir, hard_deadline):
+def _worker(job_dict, spec: CaptchaSpec, hidden: int, paths, out_dir, hard_deadline):
     import torch
     import torch.nn.functional as F
 
@@ -106,9 +119,8 @@ def _worker(job_dict, paths, out_dir, hard_deadline):
 
     torch.manual_seed(job.seed)
     gen = torch.Generator(device="cpu").manual_seed(job.seed)
-    hidden = 512
-    lstm = torch.nn.LSTM(64 * 3, hidden, num_layers=2).to(dev)
-    fc = torch.nn.Linear(hidden, NUM_CLASSES).to(dev)
+    lstm = torch.nn.LSTM(spec.input_size, hidden, num_layers=2).to(dev)
+    fc = torch.nn.Linear(hidden, spec.num_classes).to(dev)
     if job.forget_bias:
         with torch.no_grad():
             for layer in range(2):
@@ -135,15 +147,15 @@ def _worker(job_dict, paths, out_dir, hard_deadline):
                     p.copy_(w)
         n = len(x_all) if limit is None else min(limit, len(x_all))
         right = 0
-        by_len = np.zeros((5, 2))
+        by_len = np.zeros((spec.max_length + 1, 2))
         with torch.no_grad():
             for s in range(0, n, 500):
                 pred = logits_of(x_all[s:s + 500]).argmax(-1).T.cpu().numpy()     # (B, W)
                 gold = y_all[s:s + 500].cpu().numpy()
                 for row, lab in zip(pred, gold):
                     keep = np.concatenate([[True], row[1:] != row[:-1]])
-                    seq = [int(v) for v in row[keep] if v != BLANK]
-                    truth = [int(v) for v in lab if v != BLANK]
+                    seq = [int(v) for v in row[keep] if v != spec.blank]
+                    truth = [int(v) for v in lab if v != spec.blank]
                     ok = seq == truth
                     right += ok
                     by_len[len(truth)] += (ok, 1)
@@ -168,9 +180,9 @@ def _worker(job_dict, paths, out_dir, hard_deadline):
             g["lr"] = float(rates[step])
         logp = F.log_softmax(logits_of(train_x[idx]), -1)
         lab = train_y[idx]
-        tl = (lab != BLANK).sum(1)
+        tl = (lab != spec.blank).sum(1)
         il = torch.full((len(idx),), logp.shape[0], dtype=torch.long, device=dev)
-        loss = F.ctc_loss(logp, lab, il, tl, blank=BLANK, reduction="none").mean()
+        loss = F.ctc_loss(logp, lab, il, tl, blank=spec.blank, reduction="none").mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, job.clip)
@@ -209,38 +221,50 @@ def main() -> int:
     parser.add_argument("--cache", default="/tmp/warpctc_packed")
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--deadline_s", type=float, default=400.0, help="no job starts after this; jobs stop at +60 s")
+    add_config_arguments(parser, RECIPE_FIELDS)
     args = parser.parse_args()
+    try:
+        cfg = config_from_args(args)
+        spec = CaptchaSpec.from_config(cfg)
+        if spec.height != spec.input_height:
+            # src.dataset resizes such images to input_height; the replica feeds pixels as they are.
+            raise ValueError(f"--captcha_height {spec.height}: the replica reads only heights that are a "
+                             f"multiple of 16 (the network resizes to {spec.input_height})")
+    except ValueError as err:
+        return report_error("recipe_search_torch.py", err)
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.cache, exist_ok=True)
-    paths = {"train": pack_folder(os.path.join(args.data, "train"), os.path.join(args.cache, "train.npz")),
-             "test": pack_folder(os.path.join(args.data, "test"), os.path.join(args.cache, "test.npz"))}
+    paths = {"train": pack_folder(os.path.join(args.data, "train"), args.cache, "train", spec),
+             "test": pack_folder(os.path.join(args.data, "test"), args.cache, "test", spec)}
     if args.fresh:
-        paths["fresh"] = pack_folder(args.fresh, os.path.join(args.cache, "fresh.npz"))
-    print(f"packed in {time.time() - t0:.1f} s", flush=True)
+        paths["fresh"] = pack_folder(args.fresh, args.cache, "fresh", spec)
+    print(f"packed in {time.time() - t0:.1f} s; captchas {spec.describe()}, hidden {cfg.hidden_size}", flush=True)
     with open(args.jobs) as f:
         jobs = [Job(**j) for j in json.load(f)]
     deadline = t0 + args.deadline_s
     # Fail fast (one short job in this process) before fanning out; also gives the step time.
-    _worker(asdict(Job(name="smoke", steps=40, eval_every=20)), paths, args.out, deadline + 60)
+    _worker(asdict(Job(name="smoke", steps=40, eval_every=20)), spec, cfg.hidden_size, paths, args.out,
+            deadline + 60)
     _DATA.clear()
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.parallel) as pool:
         pending = []
         for job in jobs:
-            pending.append(pool.apply_async(_run_if_time, (asdict(job), paths, args.out, deadline)))
+            pending.append(pool.apply_async(_run_if_time, (asdict(job), spec, cfg.hidden_size, paths, args.out,
+                                                           deadline)))
         for p in pending:
             p.wait()
     print(f"all done in {time.time() - t0:.1f} s", flush=True)
     return 0
 
 
-def _run_if_time(job_dict, paths, out_dir, deadline):
+def _run_if_time(job_dict, spec: CaptchaSpec, hidden: int, paths, out_dir, deadline):
     if time.time() > deadline:
         print(f"skipped {job_dict['name']} (deadline)", flush=True)
         return None
     try:
-        return _worker(job_dict, paths, out_dir, deadline + 60)
+        return _worker(job_dict, spec, hidden, paths, out_dir, deadline + 60)
     except Exception as err:  # keep the pool going; report the failure
         print(f"FAILED {job_dict['name']}: {type(err).__name__}: {err}", flush=True)
         return None

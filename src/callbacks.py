@@ -157,9 +157,10 @@ class LearningCurve(Callback):
     first, so resume points stay on record (see ``src.learning_curve``).
     """
 
-    def __init__(self, network, batches, every: int, csv_path: str, learning_rates, start_step: int = 0):
+    def __init__(self, network, batches, every: int, csv_path: str, learning_rates, spec, start_step: int = 0):
         super().__init__()
         self.network = network
+        self.spec = spec
         self.batches = batches            # list of (image Tensor, label numpy) held in memory
         self.every = int(every)
         self.csv_path = csv_path
@@ -210,7 +211,7 @@ class LearningCurve(Callback):
     def evaluate(self):
         from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
 
-        accuracy, cer = WarpCTCAccuracy(), WarpCTCCharErrorRate()
+        accuracy, cer = WarpCTCAccuracy(self.spec), WarpCTCCharErrorRate(self.spec)
         for image, label in self.batches:
             logits = self.network(image).asnumpy()
             accuracy.update(logits, label)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 import mindspore as ms
 from mindspore import nn
 
+from src.captcha_spec import SPEC_KEY, CaptchaSpec
 from src.runtime import quiet_mindspore_logs
 
 # What a checkpoint's global step means depends on these; a resume must match them (see check_run_record).
@@ -54,7 +55,9 @@ def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = 
     if mismatched:
         raise ValueError(f"checkpoint {path}: was saved from a network of another shape "
                          f"({mismatched[0]}; check --hidden_size/--captcha_height)")
-    to_load = {name: value for name, value in params.items() if name not in ignore}
+    # Only weights: a checkpoint also holds text entries (its captcha spec) that are no parameters.
+    to_load = {name: value for name, value in params.items()
+               if name not in ignore and isinstance(value, ms.Parameter)}
     ms.load_param_into_net(net, to_load, strict_load=True)
     return params
 
@@ -204,21 +207,109 @@ def check_run_record(path: str, params: Mapping, current: Mapping[str, int]) -> 
                              f"{saved[key]}{hint}; resume with the settings it was trained with")
 
 
-def load_network(path: str, cfg, platform: str = "CPU", hidden_size_given: bool = False):
-    """A :class:`src.warpctc.StackedRNN` with the weights of ``path``, ready for inference.
+# What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it.
+MODEL_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "hidden_size")
 
-    Unless the hidden size was set explicitly, it is read from the checkpoint, so a checkpoint
-    loads with nothing but its path.
+
+def model_record(spec: CaptchaSpec, hidden_size: int) -> Dict[str, object]:
+    """The checkpoint entries that describe the model: its captcha spec (JSON) and hidden size."""
+    return {SPEC_KEY: spec.to_json(), "hidden_size": int(hidden_size)}
+
+
+def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
+    """The model fields a checkpoint records; for one saved before the spec existed, what its weights
+    tell (hidden size, input height, class count), which must be the original's digits."""
+    fc_weight = params.get("fc.weight")
+    if SPEC_KEY in params:
+        spec = CaptchaSpec.from_json(str(params[SPEC_KEY]), source=f"checkpoint {path}")
+        stored = {"charset": spec.charset, "max_captcha_digits": spec.max_length,
+                  "captcha_width": spec.width, "captcha_height": spec.height}
+        if "hidden_size" in params:
+            stored["hidden_size"] = int(params["hidden_size"].asnumpy().reshape(-1)[0])
+        elif fc_weight is not None:
+            stored["hidden_size"] = int(fc_weight.shape[1])
+        return stored
+    stored = {}
+    if fc_weight is not None and len(fc_weight.shape) == 2:
+        stored["hidden_size"] = int(fc_weight.shape[1])
+        if int(fc_weight.shape[0]) != CaptchaSpec().num_classes:
+            raise ValueError(f"checkpoint {path}: records no captcha spec and has {int(fc_weight.shape[0])} "
+                             f"classes, not the digits' {CaptchaSpec().num_classes}; it cannot be read")
+        stored["charset"] = CaptchaSpec().charset
+    return stored
+
+
+def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
+                  hint: str = "drop the option: the checkpoint says what it reads"):
+    """``(cfg, spec)`` of the model stored in ``path``: its recorded fields replace the config's.
+
+    ``given`` names the options the user set explicitly; one that contradicts the checkpoint is a
+    one-line error (a checkpoint reads only the captchas it was trained for).
     """
     import dataclasses
 
+    stored = _stored_model(path, params)
+    for name in sorted(set(given) & set(stored)):
+        if getattr(cfg, name) != stored[name]:
+            raise ValueError(f"checkpoint {path}: --{name} {getattr(cfg, name)!r} conflicts with the checkpoint's "
+                             f"{stored[name]!r}; {hint}")
+    cfg = dataclasses.replace(cfg, **stored)
+    return cfg, CaptchaSpec.from_config(cfg)
+
+
+def restore_training(train_cell: nn.Cell, path: str, record: Mapping[str, int], cfg) -> Tuple[str, int]:
+    """Load weights and optimizer state to continue a training; return the file used and its global step.
+
+    ``path`` is a checkpoint or a folder (its checkpoint furthest into training). ``record`` is this
+    run's batch size, device count and steps per epoch, and ``cfg`` its model: a checkpoint that
+    recorded other values is refused (its step would point elsewhere in the data, or its weights
+    read another alphabet).
+    """
+    from src.warpctc_for_train import NOT_RESTORED
+
+    if os.path.isdir(path):
+        path = latest_checkpoint(path)
+    params = read_checkpoint(path)
+    check_run_record(path, params, record)
+    resolve_model(path, params, cfg, given=MODEL_FIELDS, hint="resume with the settings it was trained with")
+    load_into(train_cell, path, params=params, ignore=NOT_RESTORED)
+    return path, int(params["global_step"].asnumpy().reshape(-1)[0])
+
+
+def load_network(path: str, cfg, platform: str = "CPU", given: Iterable[str] = ()):
+    """``(net, spec)``: a :class:`src.warpctc.StackedRNN` with the weights of ``path``, ready for inference,
+    and the :class:`CaptchaSpec` it reads. The checkpoint's own record (alphabet, length, image
+    size, hidden size) decides; an explicitly ``given`` option that contradicts it is an error.
+    """
     from src.warpctc import create_warpctc
 
     params = read_checkpoint(path)
-    fc_weight = params.get("fc.weight")
-    if not hidden_size_given and fc_weight is not None and len(fc_weight.shape) == 2:
-        cfg = dataclasses.replace(cfg, hidden_size=int(fc_weight.shape[1]))
-    net = create_warpctc(cfg, platform)
+    cfg, spec = resolve_model(path, params, cfg, given)
+    net = create_warpctc(cfg, platform, spec)
     load_into(net, path, params=params)
     net.set_train(False)
-    return net
+    return net, spec
+
+
+def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec) -> str:
+    """Load ``path``'s weights into ``net`` to start a new training (``--init_checkpoint``).
+
+    A checkpoint of another alphabet gives its LSTM weights and leaves the dense layer fresh;
+    weights that cannot transfer (hidden size, input height) are a ValueError. Returns a one-line
+    notice of what was loaded.
+    """
+    params = read_checkpoint(path)
+    stored = _stored_model(path, params)
+    first = params.get("lstm.weight_ih_l0")
+    if stored.get("hidden_size", net.hidden_size) != net.hidden_size:
+        raise ValueError(f"checkpoint {path}: its LSTM cannot start this network (hidden size differs: "
+                         f"{stored['hidden_size']} vs --hidden_size {net.hidden_size})")
+    if first is not None and int(first.shape[1]) != net.input_size:
+        raise ValueError(f"checkpoint {path}: its LSTM cannot start this network (input height differs: "
+                         f"{int(first.shape[1]) // 3} vs {net.input_size // 3}, from --captcha_height)")
+    if stored.get("charset", spec.charset) == spec.charset:
+        load_into(net, path, params=params)
+        return f"network weights from {path}"
+    load_into(net, path, params=params, ignore=[p.name for p in net.get_parameters() if p.name.startswith("fc.")])
+    return (f"LSTM weights from {path} (alphabet {stored['charset']!r}); the dense layer for this alphabet "
+            f"{spec.charset!r} ({spec.num_classes} classes) starts fresh")

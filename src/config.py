@@ -3,7 +3,8 @@
 Defaults live in :class:`Config`. Every entry point (``train.py``, ``eval.py``, ...) builds
 its parser with :func:`add_config_arguments`, so each field can be overridden on the
 command line (``--batch_size 32``) or from a YAML file (``--config_path my.yaml``).
-Precedence: defaults < YAML file < command line.
+Precedence: defaults < YAML file < command line. What a captcha is (alphabet, length, size)
+is read from a config with ``CaptchaSpec.from_config(cfg)`` (``src/captcha_spec.py``).
 """
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from src.captcha_spec import DIGITS, CaptchaSpec
+
 
 @dataclass
 class Config:
     """WarpCTC parameters; names and defaults follow the original model zoo's table."""
 
-    max_captcha_digits: int = field(default=4, metadata={"help": "max number of digits in each captcha"})
+    charset: str = field(default=DIGITS, metadata={"help": "the alphabet, case-sensitive: distinct characters; "
+                                                           "class count = its length + 1, the CTC blank = its "
+                                                           "length"})
+    max_captcha_digits: int = field(default=4, metadata={"help": "max number of characters in each captcha "
+                                                                 "(labels have 1..N)"})
     captcha_width: int = field(default=160, metadata={"help": "width of captcha images (= CTC sequence length)"})
     captcha_height: int = field(default=64, metadata={"help": "height of captcha images"})
     batch_size: int = field(default=64, metadata={"help": "batch size per device"})
@@ -33,11 +40,14 @@ class Config:
     keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints"})
     save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
     # Not in the original's table, but fixed there in code; exposed so they are not hidden constants.
-    seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle"})
+    seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle; process_data.py "
+                                                   "renders from it (the same seed gives the same labels and "
+                                                   "byte-identical images)"})
     clip_global_norm: float = field(default=10.0, metadata={"help": "gradient clipping by global norm"})
     num_parallel_workers: int = field(default=0, metadata={"help": "dataset workers; 0 = auto (1 for CPU training, "
                                                                        "else the CPU count capped at 8)"})
-    # Recipe options beyond the original (whose values are the defaults): see README "Results".
+    # Recipe options beyond the original (whose values are the defaults): see README "Results" and
+    # docs/experiments.md.
     optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum, the original) or adam"})
     lr_schedule: str = field(default="step", metadata={"help": "step (x0.1 before epochs 10/20/30, the original) "
                                                                "or cosine (decay to 0 over the run)"})
@@ -79,12 +89,21 @@ def _field_type(f: dataclasses.Field) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--config_path`` and one ``--<name>`` option per :class:`Config` field."""
+def add_config_arguments(parser: argparse.ArgumentParser,
+                         names: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """Add ``--config_path`` and one ``--<name>`` option per :class:`Config` field (or per field of ``names``).
+
+    A script that uses only some fields (``process_data.py``) offers only those options; its
+    ``--config_path`` still accepts a file with every key, so one YAML serves every script.
+    """
+    offered = list(CONFIG_FIELDS) if names is None else list(names)
+    # Read back by explicit_overrides: a script's own option that shares a field's name (a
+    # benchmark's --train_steps) must not become that field.
+    parser.set_defaults(config_fields=offered)
     group = parser.add_argument_group("configuration (defaults from src/config.py)")
     group.add_argument("--config_path", default=None,
                        help="optional YAML file overriding the defaults; the command line overrides it")
-    for f in CONFIG_FIELDS.values():
+    for f in (CONFIG_FIELDS[name] for name in offered):
         kind = _field_type(f)
         parse = {bool: _str2bool, float: _finite_float}.get(kind, kind)
         group.add_argument(f"--{f.name}", type=parse, default=None,
@@ -116,6 +135,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return int(value)     # a quoted "64": what the command line accepts, nothing looser
     if kind is str and isinstance(value, str):
         return value
+    if kind is str:
+        # YAML turns unquoted 0123 into 83 and yes into True: the text is lost, so ask for quotes.
+        raise ValueError(f"{source}: '{name}' must be a string, got {value!r}; quote it "
+                         f"({name}: \"...\") so that YAML keeps it as text")
     raise ValueError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
 
 
@@ -141,27 +164,17 @@ def load_yaml_overrides(path: str) -> dict:
     return {name: _coerce(name, value, f"config file {path}") for name, value in data.items()}
 
 
-def check_sequence_length(captcha_width: int, max_captcha_digits: int) -> None:
-    """Refuse images too narrow for CTC to emit the longest label (the one rule for every script).
-
-    The network reads one time step per pixel column, and CTC needs up to two steps per
-    character (a blank must separate repeated ones), so the width must be at least twice the
-    longest label.
-    """
-    if captcha_width < 2 * max_captcha_digits:
-        raise ValueError(f"--captcha_width {captcha_width} is too small for --max_captcha_digits "
-                         f"{max_captcha_digits}: CTC reads one step per pixel column and needs at least "
-                         f"2 x {max_captcha_digits} = {2 * max_captcha_digits}")
-
-
 def validate(cfg: Config) -> Config:
-    """Reject values no run can use, naming the option."""
-    positive = ("max_captcha_digits", "captcha_width", "captcha_height", "batch_size", "epoch_size",
-                "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
+    """Reject values no run can use, naming the option.
+
+    The captcha fields (alphabet, length, size, and the width CTC needs) are checked by
+    building their :class:`CaptchaSpec`, which owns those rules.
+    """
+    CaptchaSpec.from_config(cfg)
+    positive = ("batch_size", "epoch_size", "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    check_sequence_length(cfg.captcha_width, cfg.max_captcha_digits)
     if cfg.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
     if not 0 <= cfg.momentum < 1:
@@ -186,7 +199,7 @@ def explicit_overrides(args: argparse.Namespace) -> dict:
     values = {}
     if getattr(args, "config_path", None):
         values.update(load_yaml_overrides(args.config_path))
-    for name in CONFIG_FIELDS:
+    for name in getattr(args, "config_fields", CONFIG_FIELDS):
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given
@@ -196,12 +209,6 @@ def explicit_overrides(args: argparse.Namespace) -> dict:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Build the effective :class:`Config`: defaults, then the YAML file, then the command line."""
     return validate(Config(**explicit_overrides(args)))
-
-
-def parse_config(argv: Optional[Sequence[str]] = None, description: str = "") -> Config:
-    """Parse only configuration options (for scripts with no arguments of their own)."""
-    parser = add_config_arguments(argparse.ArgumentParser(description=description))
-    return config_from_args(parser.parse_args(argv))
 
 
 def num_workers(cfg: Config, platform: str = "CPU", training: bool = False) -> int:

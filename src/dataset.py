@@ -1,14 +1,14 @@
-"""Captcha PNG folder -> ``mindspore.dataset`` pipeline of ``(image, label)`` batches.
+"""Labelled captcha folder -> ``mindspore.dataset`` pipeline of ``(image, label)`` batches.
 
-Label coding, shared by the loss and the metric: a label of up to ``max_captcha_digits``
-digits becomes an int32 vector of that length holding the digit values, right-padded with
-:data:`BLANK` (10, the CTC blank class). Padding therefore can never be read as a digit.
+A dataset folder is either ``<index>-<label>.<ext>`` files (what ``process_data.py``
+renders: the label is the part after the first ``-``), or images of any names plus a
+``labels.tsv`` (``file<TAB>label`` per line, UTF-8: the format predict.py prints, so corrected
+predictions become labels). Labels are checked against the :class:`CaptchaSpec` and coded by
+it (class indices right-padded with the blank), the same way on every platform.
 """
 from __future__ import annotations
 
-import math
 import os
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,43 +17,23 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-NUM_DIGIT_CLASSES = 10
-BLANK = NUM_DIGIT_CLASSES           # the CTC blank is the last class
-NUM_CLASSES = NUM_DIGIT_CLASSES + 1
+from src.captcha_spec import CaptchaSpec
+
 MEAN = (0.9010, 0.9049, 0.9025)
 STD = (0.1521, 0.1347, 0.1458)
-PLATFORMS = ("Ascend", "GPU", "CPU")
-# What prediction reads from a folder; train/test sets are PNG only (their names carry the label).
+# The image formats read everywhere (datasets and prediction); a GIF is read from its first frame.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 _FORMAT_NAMES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP"}
-
-_LABEL_RE = re.compile(r"^[0-9]+$")
-
-
-def parse_label(file_name: str, max_digits: int = 4) -> str:
-    """The digits after the first ``-`` of ``<index>-<digits>.png``; ValueError if invalid."""
-    base = os.path.basename(file_name)
-    stem, ext = os.path.splitext(base)
-    if ext.lower() != ".png" or "-" not in stem:
-        raise ValueError(f"{file_name}: name is not <index>-<digits>.png")
-    label = stem.split("-", 1)[1]
-    if not _LABEL_RE.match(label) or not 1 <= len(label) <= max_digits:
-        raise ValueError(f"{file_name}: label {label!r} is not 1 to {max_digits} digits")
-    return label
+LABELS_FILE = "labels.tsv"
 
 
-def encode_label(digits: str, max_digits: int = 4) -> np.ndarray:
-    """``"407"`` -> ``[4, 0, 7, BLANK]`` (int32, length ``max_digits``)."""
-    if not _LABEL_RE.match(digits) or not 1 <= len(digits) <= max_digits:
-        raise ValueError(f"label {digits!r} is not 1 to {max_digits} digits")
-    coded = np.full((max_digits,), BLANK, dtype=np.int32)
-    coded[:len(digits)] = [int(c) for c in digits]
-    return coded
-
-
-def decode_label(coded: Sequence[int]) -> str:
-    """Inverse of :func:`encode_label`: the digits, padding dropped."""
-    return "".join(str(int(v)) for v in coded if 0 <= int(v) < NUM_DIGIT_CLASSES)
+def parse_label(file_name: str, spec: CaptchaSpec) -> str:
+    """The label after the first ``-`` of ``<index>-<label>.<ext>``; ValueError naming the file if invalid."""
+    stem = os.path.splitext(os.path.basename(file_name))[0]
+    if "-" not in stem:
+        raise ValueError(f"{file_name}: name is not <index>-<label>.<ext>; name files so, or list the folder's "
+                         f"labels in {LABELS_FILE}")
+    return spec.check_label(stem.split("-", 1)[1], source=file_name)
 
 
 def list_image_files(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
@@ -73,14 +53,50 @@ def list_image_files(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
     return [os.path.join(folder, n) for n in names]
 
 
-def list_png_files(folder: str) -> List[str]:
-    """Sorted ``.png`` file paths in ``folder`` (the format of labelled train/test sets)."""
-    return list_image_files(folder, (".png",))
+def read_labels_tsv(folder: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
+    """``(path, label)`` for every line of ``<folder>/labels.tsv``, which must list every image of the folder.
+
+    A line is ``file<TAB>label`` (a third column, predict.py's confidence, is ignored). ``file``
+    names an image in the folder; leading folders are dropped, so predict.py's output can be
+    used as it is. Empty lines and lines starting with ``#`` are skipped.
+    """
+    path = os.path.join(folder, LABELS_FILE)
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
+    samples, seen = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) not in (2, 3):
+            raise ValueError(f"{path}:{number}: expected file<TAB>label, got {len(fields)} field(s): {line[:80]!r}")
+        name = os.path.basename(fields[0].replace("\\", "/"))
+        if name in seen:
+            raise ValueError(f"{path}:{number}: {name} is listed twice (first on line {seen[name]})")
+        seen[name] = number
+        image = os.path.join(folder, name)
+        if not os.path.isfile(image):
+            raise ValueError(f"{path}:{number}: {name} does not exist in {folder}")
+        samples.append((image, spec.check_label(fields[1], source=f"{path}:{number}")))
+    if not samples:
+        raise ValueError(f"{path}: lists no images")
+    unlisted = [p for p in list_image_files(folder) if os.path.basename(p) not in seen]
+    if unlisted:
+        raise ValueError(f"{path}: {len(unlisted)} image(s) of the folder are not listed "
+                         f"(e.g. {os.path.basename(unlisted[0])}); list every image or move it out")
+    return samples
 
 
-def list_samples(dataset_path: str, max_digits: int = 4) -> List[Tuple[str, str]]:
-    """``(path, label)`` for every PNG in the folder; any badly named file is an error."""
-    return [(path, parse_label(path, max_digits)) for path in list_png_files(dataset_path)]
+def list_samples(dataset_path: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
+    """``(path, label)`` of every image of a dataset folder (from ``labels.tsv`` or the file names)."""
+    if os.path.isfile(os.path.join(dataset_path, LABELS_FILE)):
+        return read_labels_tsv(dataset_path, spec)
+    return [(path, parse_label(path, spec)) for path in list_image_files(dataset_path)]
 
 
 def _unreadable(path: str, err: Exception) -> str:
@@ -125,9 +141,9 @@ def load_bgr(path: str) -> np.ndarray:
 class CaptchaSource:
     """Random-access source for ``GeneratorDataset``: index -> (BGR uint8 image, coded label)."""
 
-    def __init__(self, samples: Sequence[Tuple[str, str]], max_digits: int = 4):
+    def __init__(self, samples: Sequence[Tuple[str, str]], spec: CaptchaSpec):
         self.samples = list(samples)
-        self.labels = [encode_label(label, max_digits) for _, label in self.samples]
+        self.labels = [spec.encode(label, source=path) for path, label in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -136,74 +152,75 @@ class CaptchaSource:
         return load_bgr(self.samples[index][0]), self.labels[index]
 
 
-def network_height(captcha_height: int) -> int:
-    """Images are resized to a height that is a multiple of 16, as the original did."""
-    return math.ceil(captcha_height / 16) * 16
-
-
-def image_transforms(height: int, width: int) -> list:
-    """The original's per-image transforms: rescale, normalise, resize, HWC->CHW."""
+def image_transforms(spec: CaptchaSpec) -> list:
+    """The original's per-image transforms: rescale, normalise, resize to the network's input, HWC->CHW."""
     import mindspore.dataset.vision as vision
 
     return [
         vision.Rescale(1.0 / 255.0, 0.0),
         vision.Normalize(list(MEAN), list(STD)),
-        vision.Resize((network_height(height), width)),
+        vision.Resize((spec.input_height, spec.width)),
         vision.HWC2CHW(),
     ]
 
 
-def _worker_count(requested: Optional[int]) -> int:
-    cpus = os.cpu_count() or 1
-    return max(1, min(requested or min(8, cpus), cpus))
-
-
-def _pipeline(source, column_names: List[str], batch_size: int, captcha_height: int, captcha_width: int,
-              workers: int, drop_remainder: bool, **sampling):
+def _pipeline(source, column_names: List[str], spec: CaptchaSpec, batch_size: int, workers: int,
+              drop_remainder: bool, **sampling):
     """``GeneratorDataset`` over ``source`` + the image transforms + batching (train, eval and predict)."""
     import mindspore.dataset as ds
 
     dataset = ds.GeneratorDataset(source, column_names=column_names, num_parallel_workers=workers,
                                   python_multiprocessing=False, **sampling)
-    dataset = dataset.map(operations=image_transforms(captcha_height, captcha_width), input_columns="image",
-                          num_parallel_workers=workers)
+    dataset = dataset.map(operations=image_transforms(spec), input_columns="image", num_parallel_workers=workers)
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def create_dataset(dataset_path: str, batch_size: int = 1, num_shards: int = 1, shard_id: int = 0,
-                   device_target: str = "CPU", max_captcha_digits: int = 4, captcha_width: int = 160,
-                   captcha_height: int = 64, shuffle: bool = True, seed: int = 1,
-                   num_parallel_workers: Optional[int] = None, drop_remainder: bool = True,
-                   check_files: bool = True):
-    """Build the batched ``(image float32 (B,3,H,W), label int32 (B,max_digits))`` dataset.
+def create_dataset(dataset_path: str, cfg, spec: Optional[CaptchaSpec] = None, *, training: bool = True,
+                   num_shards: int = 1, shard_id: int = 0, platform: str = "CPU"):
+    """The batched ``(image float32 (B,3,H,W), label int32 (B,max_length))`` dataset of a folder.
 
-    The label coding is the same on every ``device_target``, so checkpoints, the loss and the
-    metric are portable across platforms. Every file is validated up front (name and image
-    data) so a bad file fails here, naming the file, instead of deep inside the pipeline.
-    With several shards, every shard gets ``ceil(N / num_shards)`` samples (MindSpore's
+    ``cfg`` (a :class:`src.config.Config`) gives the batch size, seed and worker count; ``spec``
+    (default: the config's) what the captchas are. ``training`` shuffles with the seed and drops
+    the last partial batch; otherwise every image is kept, in order. Every file is validated up
+    front (label and image data) so a bad file fails here, naming it, not deep inside the
+    pipeline. With several shards each gets ``ceil(N / num_shards)`` samples (MindSpore's
     distributed sampler repeats at most ``num_shards - 1`` so all ranks run the same steps).
     """
     import mindspore.dataset as ds
 
-    if device_target not in PLATFORMS:
-        raise ValueError(f"device_target must be one of {', '.join(PLATFORMS)}, got {device_target!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    from src.config import num_workers
+
+    spec = spec or CaptchaSpec.from_config(cfg)
     if num_shards <= 0 or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, num_shards), got shard_id={shard_id}, num_shards={num_shards}")
-    workers = _worker_count(num_parallel_workers)
-
-    samples = list_samples(dataset_path, max_captcha_digits)
-    if check_files:
-        check_images([path for path, _ in samples], workers=max(workers, 4))
+    workers = num_workers(cfg, platform, training)
+    samples = list_samples(dataset_path, spec)
+    source = CaptchaSource(samples, spec)
+    check_images([path for path, _ in samples], workers=max(workers, 4))
     per_shard = len(samples) // num_shards
-    if drop_remainder and per_shard < batch_size:
+    if training and per_shard < cfg.batch_size:
         raise ValueError(f"dataset folder {dataset_path}: {len(samples)} images give {per_shard} per shard "
-                         f"({num_shards} shard(s)), fewer than one batch of {batch_size}")
-    ds.config.set_seed(seed)
-    return _pipeline(CaptchaSource(samples, max_captcha_digits), ["image", "label"], batch_size, captcha_height,
-                     captcha_width, workers, drop_remainder, shuffle=shuffle, num_shards=num_shards,
-                     shard_id=shard_id)
+                         f"({num_shards} shard(s)), fewer than one batch of {cfg.batch_size}")
+    ds.config.set_seed(cfg.seed)
+    return _pipeline(source, ["image", "label"], spec, cfg.batch_size, workers, drop_remainder=training,
+                     shuffle=training, num_shards=num_shards, shard_id=shard_id)
+
+
+def load_batches(dataset_path: str, cfg, spec: CaptchaSpec, limit: int = 0, platform: str = "CPU") -> Tuple[list, int]:
+    """The first ``limit`` images (0: all) of a folder as in-memory ``(image Tensor, label array)`` batches,
+    for evaluating again and again during training; returns ``(batches, image count)``."""
+    import mindspore as ms
+
+    dataset = create_dataset(dataset_path, cfg, spec, training=False, platform=platform)
+    batches, count = [], 0
+    for image, label in dataset.create_tuple_iterator(output_numpy=True):
+        if limit:
+            image, label = image[:limit - count], label[:limit - count]
+        batches.append((ms.Tensor(image), label))
+        count += len(label)
+        if limit and count >= limit:
+            break
+    return batches, count
 
 
 class _ImageOnlySource:
@@ -219,15 +236,16 @@ class _ImageOnlySource:
         return load_bgr(self.paths[index]), np.array(index, dtype=np.int32)
 
 
-def create_predict_dataset(paths: Sequence[str], batch_size: int = 64, captcha_width: int = 160,
-                           captcha_height: int = 64, num_parallel_workers: Optional[int] = None):
+def create_predict_dataset(paths: Sequence[str], cfg, spec: CaptchaSpec):
     """Batches of ``(image, index into paths)`` in order, through exactly the training transforms."""
+    from src.config import num_workers
+
     if not paths:
         raise ValueError("no images to predict")
-    workers = _worker_count(num_parallel_workers)
+    workers = num_workers(cfg)
     check_images(paths, workers=max(workers, 4))
-    return _pipeline(_ImageOnlySource(paths), ["image", "index"], batch_size, captcha_height, captcha_width,
-                     workers, drop_remainder=False, shuffle=False)
+    return _pipeline(_ImageOnlySource(paths), ["image", "index"], spec, cfg.batch_size, workers,
+                     drop_remainder=False, shuffle=False)
 
 
 class Progress:

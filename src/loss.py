@@ -1,26 +1,26 @@
-"""CTC loss over the WarpCTC logits, matching the label coding of :mod:`src.dataset`."""
+"""CTC loss over the WarpCTC logits, matching the label coding of :class:`src.captcha_spec.CaptchaSpec`."""
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.dataset import BLANK
+from src.captcha_spec import CaptchaSpec
 
 
 class CTCLoss(nn.Cell):
     """Mean over the batch of the per-sample CTC negative log-likelihood.
 
-    ``logits`` are ``(T, B, C)`` with ``T = max_sequence_length`` (the image width) for every
-    sample; ``label`` is ``(B, S)`` digits right-padded with the blank class. The true label
+    ``logits`` are ``(T, B, C)`` with ``T = spec.sequence_length`` (the image width) for every
+    sample; ``label`` is ``(B, S)`` class indices right-padded with the spec's blank. The true label
     length is the number of non-blank entries, so padding never counts as a character.
     Standard CTC: repeated labels are merged along a path unless a blank separates them.
     """
 
-    def __init__(self, max_sequence_length: int, batch_size: int, blank: int = BLANK):
+    def __init__(self, spec: CaptchaSpec, batch_size: int):
         super().__init__()
-        self.blank = blank
-        self.ctc = ops.CTCLossV2(blank=blank, reduction="none", zero_infinity=False)
-        self.input_lengths = ms.Tensor([max_sequence_length] * batch_size, ms.int32)
+        self.blank = spec.blank
+        self.ctc = ops.CTCLossV2(blank=spec.blank, reduction="none", zero_infinity=False)
+        self.input_lengths = ms.Tensor([spec.sequence_length] * batch_size, ms.int32)
 
     def construct(self, logits, label):
         log_probs = ops.log_softmax(logits, axis=-1)

@@ -1,34 +1,15 @@
-"""Greedy CTC decoding and the WarpCTC metrics: exact-sequence accuracy and character error rate."""
+"""The WarpCTC metrics: exact-sequence accuracy and character error rate of greedy CTC reads.
+
+Decoding is the :class:`CaptchaSpec`'s (``greedy_decode``): the metrics only compare strings.
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from mindspore.train import Metric
 
-from src.dataset import BLANK, decode_label
-
-
-def greedy_decode(logits: np.ndarray, blank: int = BLANK) -> List[str]:
-    """``(T, B, C)`` scores -> B digit strings: argmax per step, collapse repeats, drop blanks."""
-    best = np.asarray(logits).argmax(axis=-1).T                      # (B, T)
-    keep = np.ones_like(best, dtype=bool)
-    keep[:, 1:] = best[:, 1:] != best[:, :-1]                        # first of each run
-    keep &= best != blank
-    return ["".join(str(int(c)) for c in row[mask]) for row, mask in zip(best, keep)]
-
-
-def decode_with_confidence(logits: np.ndarray, blank: int = BLANK) -> List[Tuple[str, float]]:
-    """``(T, B, C)`` scores -> B ``(text, confidence)`` pairs; the text is :func:`greedy_decode`'s.
-
-    The confidence is the probability of the best path: the product over the T time steps of
-    the largest softmax probability at that step (blank steps included), a number in [0, 1].
-    """
-    scores = np.asarray(logits, dtype=np.float64)
-    # log of the largest softmax probability = -log(sum(exp(s - max))): no overflow for large scores
-    log_best = -np.log(np.exp(scores - scores.max(axis=-1, keepdims=True)).sum(axis=-1))   # (T, B)
-    confidences = np.exp(log_best.sum(axis=0))
-    return list(zip(greedy_decode(logits, blank), (float(c) for c in confidences)))
+from src.captcha_spec import CaptchaSpec
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -49,15 +30,16 @@ def _as_numpy(value) -> np.ndarray:
 class _DecodingMetric(Metric):
     """Shared ``update(logits, label)``: decode predictions and labels, hand them to ``_add``."""
 
-    def __init__(self):
+    def __init__(self, spec: Optional[CaptchaSpec] = None):
         super().__init__()
+        self.spec = spec or CaptchaSpec()
         self.clear()
 
     def update(self, *inputs):
         if len(inputs) != 2:
             raise ValueError(f"{type(self).__name__}.update expects (logits, label), got {len(inputs)} inputs")
-        predictions = greedy_decode(_as_numpy(inputs[0]))
-        labels = [decode_label(row) for row in _as_numpy(inputs[1])]
+        predictions = self.spec.greedy_decode(_as_numpy(inputs[0]))
+        labels = [self.spec.decode(row) for row in _as_numpy(inputs[1])]
         for predicted, label in zip(predictions, labels):
             self._add(predicted, label)
 

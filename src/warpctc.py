@@ -4,11 +4,14 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.dataset import NUM_CLASSES, network_height
+from src.captcha_spec import CaptchaSpec
 
 
 class StackedRNN(nn.Cell):
     """``(B, 3, H, W)`` images -> ``(W, B, num_classes)`` per-column logits.
+
+    ``input_size`` is ``H * 3``, ``num_classes`` the alphabet plus the blank (both from a
+    :class:`CaptchaSpec`; the defaults are the original's digits, 11 classes).
 
     Column ``w`` of the image is time step ``w``; its feature vector is the column's ``H`` rows
     x 3 channels (``H * 3`` values, row-major: row, then channel). The LSTM starts from a zero
@@ -17,7 +20,7 @@ class StackedRNN(nn.Cell):
     """
 
     def __init__(self, input_size: int, hidden_size: int = 512, num_layers: int = 2,
-                 num_classes: int = NUM_CLASSES, lstm_dtype=ms.float32, forget_bias: float = 0.0):
+                 num_classes: int = CaptchaSpec().num_classes, lstm_dtype=ms.float32, forget_bias: float = 0.0):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -67,7 +70,7 @@ class WithLabelCell(nn.Cell):
         return self.backbone(image), label
 
 
-def parameter_count(input_size: int, hidden_size: int, num_layers: int = 2, num_classes: int = NUM_CLASSES) -> int:
+def parameter_count(input_size: int, hidden_size: int, num_classes: int, num_layers: int = 2) -> int:
     """Closed-form parameter count: LSTM gates (4 per layer, two bias vectors each) + dense."""
     total = 0
     for layer in range(num_layers):
@@ -81,7 +84,11 @@ def lstm_dtype_for(platform: str):
     return ms.float16 if platform == "Ascend" else ms.float32
 
 
-def create_warpctc(cfg, platform: str = "CPU") -> StackedRNN:
-    """The network for a :class:`src.config.Config` on a platform (used by train, eval and hub)."""
-    return StackedRNN(input_size=network_height(cfg.captcha_height) * 3, hidden_size=cfg.hidden_size,
-                      lstm_dtype=lstm_dtype_for(platform), forget_bias=cfg.forget_bias)
+def create_warpctc(cfg, platform: str = "CPU", spec: CaptchaSpec | None = None) -> StackedRNN:
+    """The network for a :class:`src.config.Config` (hidden size, init) reading captchas of ``spec``
+    (default: the config's) on a platform; train, eval, predict, export and the hub build it here."""
+    spec = spec or CaptchaSpec.from_config(cfg)
+    net = StackedRNN(input_size=spec.input_size, hidden_size=cfg.hidden_size, num_classes=spec.num_classes,
+                     lstm_dtype=lstm_dtype_for(platform), forget_bias=cfg.forget_bias)
+    net.spec = spec       # what the outputs mean: decode with net.spec.greedy_decode(logits)
+    return net

@@ -28,20 +28,27 @@ class TrainOneStepCellWithGradClip(nn.TrainOneStepCell):
         return loss
 
 
+# Optimizer entries a resume takes from the configuration, not the checkpoint: the per-step
+# learning-rate table and the momentum factor.
+NOT_RESTORED = ("learning_rate", "momentum")
+
+
 def build_train_cell(cfg, platform: str, steps_per_epoch: int, group_size: int = 1):
     """Network, per-step learning rates and the training cell of the recipe in ``cfg``.
 
     Returns ``(net, train_cell, lr)``; ``train.py`` and the benchmarks build the step this way.
     As in the original, the base learning rate is multiplied by the device count.
     """
+    from src.captcha_spec import CaptchaSpec
     from src.loss import CTCLoss
     from src.lr_schedule import get_lr
     from src.warpctc import create_warpctc
 
     lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps,
                 cfg.train_steps)
-    net = create_warpctc(cfg, platform)
-    loss = CTCLoss(max_sequence_length=cfg.captcha_width, batch_size=cfg.batch_size)
+    spec = CaptchaSpec.from_config(cfg)
+    net = create_warpctc(cfg, platform, spec)
+    loss = CTCLoss(spec, cfg.batch_size)
     if cfg.optimizer == "adam":
         opt = nn.Adam(net.trainable_params(), learning_rate=ms.Tensor(lr))
     else:

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from src.captcha_spec import CaptchaSpec
 from src.config import Config, add_config_arguments, config_from_args
 
 
@@ -71,6 +72,7 @@ def test_recipe_options_are_validated():
                           epoch_size=5, train_steps=0, forget_bias=1.0)),
     ("cpu_finetune.yaml", dict(optimizer="adam", learning_rate=0.0005, lr_schedule="cosine", warmup_steps=100,
                                epoch_size=2, train_steps=0)),
+    ("alnum.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", max_captcha_digits=4, optimizer="adam")),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):
     path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
@@ -116,7 +118,63 @@ def test_images_must_be_at_least_twice_as_wide_as_the_longest_label():
     assert parse(["--captcha_width", "8"]).captcha_width == 8
     with pytest.raises(ValueError) as err:
         parse(["--captcha_width", "7"])
-    assert str(err.value) == ("--captcha_width 7 is too small for --max_captcha_digits 4: CTC reads one step per "
-                              "pixel column and needs at least 2 x 4 = 8")
+    assert str(err.value) == ("--captcha_width 7 is too small for --max_captcha_digits 4: CTC reads one time step "
+                              "per pixel column and needs up to 2 per character (a blank between repeats): at "
+                              "least 2 x 4 = 8")
     with pytest.raises(ValueError, match="--captcha_width 10 is too small for --max_captcha_digits 6"):
         parse(["--captcha_width", "10", "--max_captcha_digits", "6"])
+
+
+def test_the_alphabet_defaults_to_digits_and_keeps_the_original_coding():
+    spec = CaptchaSpec.from_config(parse([]))
+    assert (spec.charset, spec.num_classes, spec.blank) == ("0123456789", 11, 10)
+    assert (spec.max_length, spec.width, spec.height) == (4, 160, 64)
+
+
+def test_the_alphabet_comes_from_yaml_then_the_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("charset: 0123456789ABCDEF\nmax_captcha_digits: 6\n")
+    spec = CaptchaSpec.from_config(parse(["--config_path", str(path)]))
+    assert (spec.charset, spec.num_classes, spec.blank, spec.max_length) == ("0123456789ABCDEF", 17, 16, 6)
+    mixed = CaptchaSpec.from_config(parse(["--config_path", str(path), "--charset", "aAbB"]))
+    assert (mixed.charset, mixed.blank, mixed.max_length) == ("aAbB", 4, 6)
+    assert mixed.decode(mixed.encode("Ab")) == "Ab"
+
+
+@pytest.mark.parametrize("text, value", [("0123", "83"), ("12345", "12345"), ("yes", "True")])
+def test_an_alphabet_yaml_reads_as_a_number_or_boolean_asks_for_quotes(tmp_path, text, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"charset: {text}\n")
+    with pytest.raises(ValueError) as err:
+        parse(["--config_path", str(path)])
+    assert str(err.value) == (f"config file {path}: 'charset' must be a string, got {value}; quote it "
+                              f'(charset: "...") so that YAML keeps it as text')
+    path.write_text(f'charset: "{text}"\n')
+    assert parse(["--config_path", str(path)]).charset == text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--charset", ""], "--charset is empty: give the characters a captcha can hold, e.g. 0123456789"),
+    (["--charset", "ABCA"], "--charset 'ABCA' repeats 'A': every character must appear once"),
+    (["--charset", "AB C"], "--charset 'AB C' holds unprintable or blank character(s) [' ']"),
+    (["--max_captcha_digits", "0"], "--max_captcha_digits must be positive, got 0"),
+    (["--captcha_height", "-1"], "--captcha_height must be positive, got -1"),
+])
+def test_bad_captcha_fields_are_one_line_errors_naming_the_option(argv, message):
+    with pytest.raises(ValueError) as err:
+        parse(argv)
+    assert str(err.value) == message
+
+
+def test_a_script_can_offer_only_some_fields_and_still_read_a_full_config_file(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train_steps", type=int, default=20, help="the script's own option, not the field")
+    add_config_arguments(parser, ["charset", "seed"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--batch_size", "8"])          # not offered: usage error
+    path = tmp_path / "c.yaml"
+    path.write_text("charset: ABC\nbatch_size: 8\nseed: 4\n")
+    args = parser.parse_args(["--config_path", str(path), "--seed", "5", "--train_steps", "2"])
+    cfg = config_from_args(args)
+    assert (cfg.charset, cfg.batch_size, cfg.seed) == ("ABC", 8, 5)
+    assert args.train_steps == 2 and cfg.train_steps == Config().train_steps

@@ -6,33 +6,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.dataset import (BLANK, MEAN, STD, Progress, check_images, create_dataset, decode_label, encode_label,
-                         list_image_files, list_samples, load_bgr, parse_label)
+from src.captcha_spec import CaptchaSpec
+from src.config import Config
+from src.dataset import (MEAN, STD, Progress, check_images, create_dataset, list_image_files, list_samples,
+                         load_bgr, parse_label)
+
+DIGITS = CaptchaSpec()
+
+
+def data(folder, training=False, **config):
+    """create_dataset over ``folder`` with a Config of ``config`` (training: shuffled, full batches)."""
+    return create_dataset(str(folder), Config(**config), training=training)
 
 
 def labels_of(dataset):
-    return [decode_label(row) for _, label in dataset.create_tuple_iterator(output_numpy=True) for row in label]
+    return [DIGITS.decode(row) for _, label in dataset.create_tuple_iterator(output_numpy=True) for row in label]
 
 
-def test_parse_label_accepts_only_index_dash_digits():
-    assert parse_label("00042-0731.png") == "0731"
-    assert parse_label("/x/7-5.png") == "5"
-    for bad in ("00042.png", "1-abc.png", "1-12345.png", "1-.png", "1-12.jpg"):
-        with pytest.raises(ValueError, match=bad.split("/")[-1].replace(".", r"\.")):
-            parse_label(bad)
-
-
-def test_label_coding_round_trip_and_padding():
-    assert encode_label("407").tolist() == [4, 0, 7, BLANK]
-    assert encode_label("0000").tolist() == [0, 0, 0, 0]
-    for text in ("0", "9", "10", "307", "9999", "0070"):
-        coded = encode_label(text)
-        assert coded.dtype == np.int32 and coded.shape == (4,)
-        assert decode_label(coded) == text
+def test_parse_label_accepts_only_index_dash_label():
+    assert parse_label("00042-0731.png", DIGITS) == "0731"
+    assert parse_label("/x/7-5.png", DIGITS) == "5"
+    assert parse_label("/x/7-5.jpg", DIGITS) == "5"
+    for bad, why in (("00042.png", "name is not <index>-<label>"), ("1-abc.png", "'a', which is not in the alphabet"),
+                     ("1-12345.png", "has 5 characters, expected 1 to 4"), ("1-.png", "has 0 characters")):
+        with pytest.raises(ValueError, match=why):
+            parse_label(bad, DIGITS)
 
 
 def test_batch_shapes_dtypes_and_statistics(data_root):
-    dataset = create_dataset(str(data_root / "train"), batch_size=16, shuffle=False)
+    dataset = data(data_root / "train", batch_size=16)
     assert dataset.get_dataset_size() == 10
     image, label = next(dataset.create_tuple_iterator(output_numpy=True))
     assert image.shape == (16, 3, 64, 160) and image.dtype == np.float32
@@ -43,26 +45,27 @@ def test_batch_shapes_dtypes_and_statistics(data_root):
         rgb = np.asarray(handle.convert("RGB"), dtype=np.float32)
     expected = ((rgb[:, :, ::-1] / 255.0 - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
     np.testing.assert_allclose(image[0], expected, atol=1e-4)
-    assert decode_label(label[0]) == parse_label(first)
+    assert DIGITS.decode(label[0]) == parse_label(first, DIGITS)
     # Captchas are mostly light background: normalised values centre near 0.
     assert -1.5 < float(image.mean()) < 1.0
 
 
 def test_every_label_once_per_epoch_and_seeded_shuffle(data_root):
-    expected = sorted(label for _, label in list_samples(str(data_root / "train")))
-    a = labels_of(create_dataset(str(data_root / "train"), batch_size=16, seed=5))
-    b = labels_of(create_dataset(str(data_root / "train"), batch_size=16, seed=5))
-    c = labels_of(create_dataset(str(data_root / "train"), batch_size=16, seed=6))
+    expected = sorted(label for _, label in list_samples(str(data_root / "train"), DIGITS))
+    a = labels_of(data(data_root / "train", True, batch_size=16, seed=5))
+    b = labels_of(data(data_root / "train", True, batch_size=16, seed=5))
+    c = labels_of(data(data_root / "train", True, batch_size=16, seed=6))
     assert sorted(a) == expected
     assert a == b and a != c
 
 
 @pytest.mark.parametrize("shards", [2, 4])
 def test_shards_are_disjoint_and_cover_the_data(data_root, shards):
-    files = list_samples(str(data_root / "train"))
+    files = list_samples(str(data_root / "train"), DIGITS)
     seen = []
     for shard in range(shards):
-        part = labels_of(create_dataset(str(data_root / "train"), batch_size=8, num_shards=shards, shard_id=shard))
+        part = labels_of(create_dataset(str(data_root / "train"), Config(batch_size=8), num_shards=shards,
+                                        shard_id=shard))
         assert len(part) == len(files) // shards
         seen.extend(part)
     assert sorted(seen) == sorted(label for _, label in files)
@@ -77,19 +80,19 @@ def copy_some(src, dst, count):
 
 def test_missing_folder_and_folder_without_png(tmp_path):
     with pytest.raises(ValueError, match=f"dataset folder {tmp_path / 'nope'}: does not exist"):
-        create_dataset(str(tmp_path / "nope"))
+        data(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match="holds no .png files"):
-        create_dataset(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="holds no .png/.jpg/.jpeg/.gif/.bmp files"):
+        data(tmp_path / "empty")
 
 
 def test_badly_named_png_is_an_error(data_root, tmp_path):
     folder = tmp_path / "d"
     names = copy_some(data_root / "train", folder, 20)
     os.rename(folder / names[3], folder / "0003-12345.png")
-    with pytest.raises(ValueError, match="0003-12345.png: label '12345' is not 1 to 4 digits"):
-        create_dataset(str(folder), batch_size=4)
+    with pytest.raises(ValueError, match="0003-12345.png: label '12345' has 5 characters, expected 1 to 4"):
+        data(folder, True, batch_size=4)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "text"])
@@ -102,14 +105,14 @@ def test_unreadable_png_is_an_error_naming_the_file(data_root, tmp_path, damage)
     else:
         victim.write_text("this is not an image")
     with pytest.raises(ValueError, match=f"{victim}: not a readable PNG image"):
-        create_dataset(str(folder), batch_size=4)
+        data(folder, True, batch_size=4)
 
 
 def test_fewer_images_than_one_batch_per_shard(data_root, tmp_path):
     folder = tmp_path / "d"
     copy_some(data_root / "train", folder, 20)
     with pytest.raises(ValueError, match="20 images give 10 per shard .2 shard.s.., fewer than one batch of 16"):
-        create_dataset(str(folder), batch_size=16, num_shards=2, shard_id=0)
+        create_dataset(str(folder), Config(batch_size=16), num_shards=2, shard_id=0)
 
 
 def test_grayscale_rgba_and_other_sizes_are_converted(tmp_path):
@@ -120,20 +123,18 @@ def test_grayscale_rgba_and_other_sizes_are_converted(tmp_path):
     Image.fromarray(rng.integers(0, 255, (64, 160, 4), dtype=np.uint8), "RGBA").save(folder / "1-22.png")
     Image.fromarray(rng.integers(0, 255, (50, 200, 3), dtype=np.uint8), "RGB").save(folder / "2-333.png")
     Image.fromarray(rng.integers(0, 255, (64, 160), dtype=np.uint8), "L").convert("P").save(folder / "3-4444.png")
-    dataset = create_dataset(str(folder), batch_size=4, shuffle=False)
+    dataset = data(folder, batch_size=4)
     image, label = next(dataset.create_tuple_iterator(output_numpy=True))
     assert image.shape == (4, 3, 64, 160)
-    assert [decode_label(r) for r in label] == ["1", "22", "333", "4444"]
+    assert [DIGITS.decode(r) for r in label] == ["1", "22", "333", "4444"]
     # Grayscale becomes three equal channels (before per-channel normalisation).
     gray = image[0] * np.array(STD)[:, None, None] + np.array(MEAN)[:, None, None]
     np.testing.assert_allclose(gray[0], gray[1], atol=1e-5)
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="device_target must be one of Ascend, GPU, CPU, got 'TPU'"):
-        create_dataset("x", device_target="TPU")
     with pytest.raises(ValueError, match="shard_id must be in"):
-        create_dataset("x", num_shards=2, shard_id=2)
+        create_dataset("x", Config(), num_shards=2, shard_id=2)
 
 
 def test_image_folders_list_png_jpeg_gif_bmp_only(tmp_path):
@@ -189,3 +190,74 @@ def test_progress_lines_go_to_stderr_and_end_with_the_total(capsys):
     quiet = Progress("predict", 10, quiet=True, interval=0.0)
     quiet.add(10)
     assert capsys.readouterr().err == ""
+
+
+HEX = CaptchaSpec(charset="0123456789ABCDEF")
+
+
+def labelled_folder(data_root, folder, formats=("JPEG", "GIF", "PNG", "BMP"), count=8):
+    """Copies of rendered captchas under label-free names in several formats, with their true labels."""
+    folder.mkdir()
+    names, truth = [], {}
+    for i, name in enumerate(sorted(n for n in os.listdir(data_root / "test") if n.endswith(".png"))[:count]):
+        fmt = formats[i % len(formats)]
+        new = f"shot {i:02d}.{ {'JPEG': 'jpg', 'GIF': 'gif', 'PNG': 'png', 'BMP': 'bmp'}[fmt] }"
+        with Image.open(data_root / "test" / name) as image:
+            image.convert("RGB").save(folder / new, format=fmt)
+        names.append(new)
+        truth[new] = name.split("-", 1)[1][:-4]
+    return names, truth
+
+
+def test_labels_tsv_folder_of_jpeg_and_gif_images(data_root, tmp_path):
+    folder = tmp_path / "mine"
+    names, truth = labelled_folder(data_root, folder)
+    # predict.py's own output format (path with folders, text, confidence) is accepted as labels
+    lines = [f"{folder / n}\t{truth[n]}\t0.9876" if i % 2 else f"{n}\t{truth[n]}" for i, n in enumerate(names)]
+    (folder / "labels.tsv").write_text("# corrected reads\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    samples = list_samples(str(folder), DIGITS)
+    assert [(os.path.basename(p), label) for p, label in samples] == [(n, truth[n]) for n in names]
+    image, label = next(data(folder, batch_size=8).create_tuple_iterator(output_numpy=True))
+    assert image.shape == (8, 3, 64, 160)
+    assert [DIGITS.decode(r) for r in label] == [truth[n] for n in names]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines[:-1], "1 image(s) of the folder are not listed (e.g. shot 03.bmp)"),
+    (lambda lines: lines + ["ghost.png\t12"], "labels.tsv:5: ghost.png does not exist in"),
+    (lambda lines: lines + [lines[0]], "labels.tsv:5: shot 00.jpg is listed twice (first on line 1)"),
+    (lambda lines: [lines[0] + "\textra\tmore"] + lines[1:], "labels.tsv:1: expected file<TAB>label, got 4 field"),
+    (lambda lines: ["shot 00.jpg\t12a4"] + lines[1:], "labels.tsv:1: label '12a4' holds 'a', which is not in "
+                                                       "the alphabet '0123456789'"),
+    (lambda lines: ["shot 00.jpg\t12345"] + lines[1:], "labels.tsv:1: label '12345' has 5 characters"),
+])
+def test_bad_labels_tsv_is_a_one_line_error(data_root, tmp_path, edit, message):
+    folder = tmp_path / "mine"
+    names, truth = labelled_folder(data_root, folder, count=4)
+    (folder / "labels.tsv").write_text("\n".join(edit([f"{n}\t{truth[n]}" for n in names])) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        data(folder, batch_size=2)
+    assert "\n" not in str(info.value) and str(folder / "labels.tsv") in str(info.value)
+
+
+def test_labels_tsv_must_be_utf8(data_root, tmp_path):
+    folder = tmp_path / "mine"
+    names, truth = labelled_folder(data_root, folder, count=2)
+    (folder / "labels.tsv").write_bytes(b"shot 00.jpg\t1\xff\n")
+    with pytest.raises(ValueError, match="labels.tsv: not UTF-8 text"):
+        data(folder, batch_size=2)
+
+
+def test_other_alphabets_are_coded_by_the_spec(tmp_path):
+    folder = tmp_path / "hex"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i, label in enumerate(["F", "A0", "BEEF", "c"]):
+        Image.fromarray(rng.integers(0, 255, (64, 160, 3), dtype=np.uint8)).save(folder / f"{i}-{label}.png")
+    with pytest.raises(ValueError, match=r"3-c.png: label 'c' holds 'c', which is not in the alphabet "
+                                         r"'0123456789ABCDEF'"):
+        data(folder, charset=HEX.charset, batch_size=2)
+    os.remove(folder / "3-c.png")
+    _, label = next(data(folder, charset=HEX.charset, batch_size=3).create_tuple_iterator(output_numpy=True))
+    assert label.tolist() == [[15, 16, 16, 16], [10, 0, 16, 16], [11, 14, 14, 15]]
+    assert [HEX.decode(r) for r in label] == ["F", "A0", "BEEF"]

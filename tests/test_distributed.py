@@ -23,6 +23,7 @@ import pytest
 from mindspore import nn, ops
 
 from src.config import Config
+from src.captcha_spec import CaptchaSpec
 from src.dataset import create_dataset
 from src.loss import CTCLoss
 from src.hccl_rank_table import RankTableError, read_rank_table
@@ -131,7 +132,7 @@ def replay(data_root):
     net = create_warpctc(Config(hidden_size=32), "CPU")
     names = [p.name for p in net.trainable_params()]
     init = {n: p.asnumpy().copy() for n, p in zip(names, net.trainable_params())}
-    with_loss = nn.WithLossCell(net, CTCLoss(max_sequence_length=160, batch_size=BATCH))
+    with_loss = nn.WithLossCell(net, CTCLoss(CaptchaSpec(), batch_size=BATCH))
 
     class Grads(nn.Cell):
         def __init__(self, cell):
@@ -159,8 +160,8 @@ def replay(data_root):
 
     batches = []
     for rank in range(RANKS):
-        shard = create_dataset(str(data_root / "train"), batch_size=BATCH, num_shards=RANKS, shard_id=rank, seed=1,
-                               num_parallel_workers=2)
+        shard = create_dataset(str(data_root / "train"), Config(batch_size=BATCH, seed=1, num_parallel_workers=2),
+                               num_shards=RANKS, shard_id=rank)
         iterator = shard.create_tuple_iterator(num_epochs=EPOCHS, output_numpy=True)
         batches.append([batch for _ in range(EPOCHS) for batch in iterator])    # each pass is one epoch
         assert len(batches[-1]) == EPOCHS * STEPS

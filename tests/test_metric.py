@@ -1,12 +1,15 @@
-"""Greedy CTC decoding, exact-sequence accuracy and CER on hand-built logits."""
+"""Greedy CTC decoding, confidence, exact-sequence accuracy and CER on hand-built logits."""
 import numpy as np
 import pytest
 
-from src.dataset import BLANK, NUM_CLASSES, encode_label
-from src.metric import (WarpCTCAccuracy, WarpCTCCharErrorRate, decode_with_confidence, edit_distance, greedy_decode,
-                        summarize)
+from src.captcha_spec import CaptchaSpec
+from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate, edit_distance, summarize
 
-B = BLANK
+DIGITS = CaptchaSpec()
+B = DIGITS.blank
+NUM_CLASSES = DIGITS.num_classes
+greedy_decode = DIGITS.greedy_decode
+encode_label = DIGITS.encode
 
 
 def logits_for(*paths):
@@ -55,30 +58,26 @@ def test_edit_distance_and_summary():
     assert summarize(["12", "3"], ["12", "4"]) == {"WarpCTCAccuracy": 0.5, "CER": pytest.approx(1 / 3)}
 
 
-def test_confidence_is_the_product_of_the_best_paths_step_probabilities():
-    rng = np.random.default_rng(3)
-    logits = rng.normal(0.0, 3.0, size=(12, 5, NUM_CLASSES)).astype(np.float32)
-    decoded = decode_with_confidence(logits)
-    assert [text for text, _ in decoded] == greedy_decode(logits)
-    for b, (_, confidence) in enumerate(decoded):
-        expected = 1.0
-        for t in range(logits.shape[0]):
-            probabilities = [np.exp(float(v)) for v in logits[t, b]]
-            expected *= max(probabilities) / sum(probabilities)
-        assert confidence == pytest.approx(expected, rel=1e-6)
-        assert 0.0 <= confidence <= 1.0
-
-
 def test_confidence_extremes_and_another_class_count():
-    # Scores far beyond exp's range must still give a certain path, not inf/nan.
-    (text, certain), = decode_with_confidence(logits_for([B, 4, 4, B, 2]) * 1000.0)
+    # Scores far beyond exp's range must still give a certain read, not inf/nan.
+    (text, certain), = DIGITS.greedy_decode_with_confidence(logits_for([B, 4, 4, B, 2]) * 1000.0)
     assert (text, certain) == ("42", 1.0)
-    # Equal scores: every step is a 1-in-C guess.
-    T, C = 7, 5
-    (_, guess), = decode_with_confidence(np.zeros((T, 1, C), dtype=np.float32), blank=C - 1)
-    assert guess == pytest.approx((1 / C) ** T)
-    # Nothing is tied to ten digits: five classes, blank 4.
-    scores = np.full((4, 1, C), -5.0, dtype=np.float32)
+    # Nothing is tied to ten digits: four characters, blank 4.
+    spec = CaptchaSpec(charset="wxyz", max_length=2, width=4)
+    scores = np.full((4, 1, 5), -5.0, dtype=np.float32)
     for t, c in enumerate([3, 4, 3, 3]):
         scores[t, 0, c] = 5.0
-    assert decode_with_confidence(scores, blank=4)[0][0] == "33"
+    assert spec.greedy_decode_with_confidence(scores)[0][0] == "zz"
+
+
+def test_metrics_decode_with_their_spec():
+    spec = CaptchaSpec(charset="ABC", max_length=3, width=6)
+    logits = np.zeros((6, 2, 4), dtype=np.float32)
+    for b, path in enumerate([[0, 3, 0, 1, 1, 3], [2, 2, 3, 3, 3, 3]]):
+        for t, c in enumerate(path):
+            logits[t, b, c] = 5.0
+    labels = np.stack([spec.encode("AAB"), spec.encode("CA")])
+    acc, cer = WarpCTCAccuracy(spec), WarpCTCCharErrorRate(spec)
+    for metric in (acc, cer):
+        metric.update(logits, labels)
+    assert acc.eval() == 0.5 and cer.eval() == pytest.approx(1 / 5)

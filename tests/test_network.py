@@ -5,11 +5,14 @@ import pytest
 from mindspore import nn
 
 from src.config import Config
-from src.dataset import BLANK, NUM_CLASSES, encode_label
+from src.captcha_spec import CaptchaSpec
 from src.loss import CTCLoss
 from src.lr_schedule import get_lr
 from src.warpctc import StackedRNN, create_warpctc, parameter_count, shift_forget_bias
 from src.warpctc_for_train import TrainOneStepCellWithGradClip
+
+DIGITS = CaptchaSpec()
+BLANK, NUM_CLASSES, encode_label = DIGITS.blank, DIGITS.num_classes, DIGITS.encode
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
@@ -67,7 +70,7 @@ def test_forget_bias_rows_are_the_forget_gate():
 def test_parameter_count_matches_formula():
     net = create_warpctc(Config())
     counted = sum(int(np.prod(p.shape)) for p in net.trainable_params())
-    assert counted == parameter_count(192, 512) == 3_552_779
+    assert counted == parameter_count(192, 512, 11) == 3_552_779
 
 
 def test_ascend_variant_runs_lstm_in_float16_with_float32_dense():
@@ -88,14 +91,14 @@ def test_ascend_variant_runs_lstm_in_float16_with_float32_dense():
     assert 1e-6 < diff < 1e-2
 
 
-def ctc_reference(log_probs, label):
+def ctc_reference(log_probs, label, blank=BLANK):
     """Negative log-likelihood of ``label`` under (T, C) log-probabilities, plain forward algorithm."""
-    ext = [BLANK]
+    ext = [blank]
     for c in label:
-        ext += [c, BLANK]
+        ext += [c, blank]
     T, S = log_probs.shape[0], len(ext)
     alpha = np.full((T, S), -np.inf)
-    alpha[0, 0] = log_probs[0, BLANK]
+    alpha[0, 0] = log_probs[0, blank]
     if S > 1:
         alpha[0, 1] = log_probs[0, ext[1]]
     for t in range(1, T):
@@ -103,7 +106,7 @@ def ctc_reference(log_probs, label):
             terms = [alpha[t - 1, s]]
             if s > 0:
                 terms.append(alpha[t - 1, s - 1])
-            if s > 1 and ext[s] != BLANK and ext[s] != ext[s - 2]:
+            if s > 1 and ext[s] != blank and ext[s] != ext[s - 2]:
                 terms.append(alpha[t - 1, s - 2])
             alpha[t, s] = np.logaddexp.reduce(terms) + log_probs[t, ext[s]]
     return -np.logaddexp(alpha[-1, -1], alpha[-1, -2] if S > 1 else -np.inf)
@@ -113,11 +116,31 @@ def test_ctc_loss_equals_numpy_forward_algorithm():
     T, labels = 12, ["7", "11", "305", "9999"]     # repeats need a blank between them
     logits = np.random.default_rng(4).standard_normal((T, len(labels), NUM_CLASSES)).astype(np.float32)
     coded = np.stack([encode_label(s) for s in labels])
-    loss = CTCLoss(max_sequence_length=T, batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
+    loss = CTCLoss(CaptchaSpec(width=T), batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     expected = np.mean([ctc_reference(log_probs[:, i], [int(c) for c in s]) for i, s in enumerate(labels)])
     np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-4)
+
+
+def test_ctc_loss_network_and_confidence_for_an_alphanumeric_alphabet():
+    spec = CaptchaSpec(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", width=10)
+    labels = ["A", "ZZ", "B07", "XY9Q"]
+    logits = np.random.default_rng(5).standard_normal((10, len(labels), spec.num_classes)).astype(np.float32)
+    coded = np.stack([spec.encode(s) for s in labels])
+    assert coded[1].tolist() == [35, 35, 36, 36]                   # blank = 36, the last class
+    loss = CTCLoss(spec, batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll = [ctc_reference(log_probs[:, i], [spec.charset.index(c) for c in s], blank=36) for i, s in enumerate(labels)]
+    np.testing.assert_allclose(float(loss.asnumpy()), np.mean(nll), rtol=1e-4)
+    # the spec's batched forward pass (predict's confidence) is the same likelihood
+    from src.captcha_spec import ctc_log_likelihood
+    ours = ctc_log_likelihood(log_probs.astype(np.float64), [spec.encode(s)[:len(s)] for s in labels], spec.blank)
+    np.testing.assert_allclose(-ours, nll, rtol=1e-6)
+    net = create_warpctc(Config(hidden_size=16, charset=spec.charset, captcha_width=10))
+    out = net(ms.Tensor(np.zeros((2, 3, 64, 10), np.float32)))
+    assert out.shape == (10, 2, 37) and net.spec == spec
 
 
 def test_lr_schedule_steps_down_before_epochs_10_20_30():
@@ -143,7 +166,7 @@ def test_update_is_lr_times_gradient_clipped_to_global_norm_10(sens, expect_clip
     rng = np.random.default_rng(5)
     x = ms.Tensor(rng.standard_normal((4, 3, 64, 160)).astype(np.float32))
     y = ms.Tensor(np.stack([encode_label(s) for s in ("1", "23", "456", "7890")]))
-    loss_cell = nn.WithLossCell(net, CTCLoss(160, 4))
+    loss_cell = nn.WithLossCell(net, CTCLoss(DIGITS, 4))
     # The cell back-propagates sens instead of 1, so its gradient is sens times the loss's.
     _, grads = ms.value_and_grad(loss_cell, None, net.trainable_params())(x, y)
     grads = [sens * g.asnumpy().astype(np.float64) for g in grads]

@@ -4,6 +4,7 @@ import os
 import re
 
 import process_data
+from src.captcha_spec import CaptchaSpec
 from src.dataset import parse_label
 from src.metric import summarize
 from conftest import REPO, run_bash, run_py
@@ -48,7 +49,7 @@ def test_released_checkpoint_reads_fresh_captchas(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line.split("\t") for line in proc.stdout.splitlines()]
     assert len(lines) == count
-    result = summarize([digits for _, digits, _ in lines], [parse_label(path) for path, _, _ in lines])
+    result = summarize([digits for _, digits, _ in lines], [parse_label(path, CaptchaSpec()) for path, _, _ in lines])
     assert result["WarpCTCAccuracy"] >= 0.98, result
     assert result["CER"] <= 0.01, result
 

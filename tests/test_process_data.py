@@ -1,4 +1,5 @@
-"""process_data.py: names, labels, counts, reproducibility, safe re-runs, manifests, failures."""
+"""process_data.py: names, labels, counts, reproducibility, alphabets, safe re-runs, manifests, failures."""
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -8,16 +9,21 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from captcha.image import ImageCaptcha
 from PIL import Image
 
 import process_data
+from src.captcha_spec import CaptchaSpec
 from src.dataset import list_samples, parse_label
 from src.manifest import check_compatible, describe_split, read_manifest
 from conftest import REPO, run_py
 
 PROCESS_DATA = os.path.join(REPO, "process_data.py")
 CAPTCHA_VERSION = importlib.metadata.version("captcha")
+HEX = "0123456789ABCDEF"
+MIXED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @pytest.fixture
@@ -53,7 +59,7 @@ def test_names_labels_and_counts(tmp_path):
     assert len(train) == 120 and len(test) == 30
     assert train[0].startswith("000-") and train[-1].startswith("119-")   # width = digits of the count
     assert test[0].startswith("00-")
-    lengths = {len(parse_label(n)) for n in train}
+    lengths = {len(parse_label(n, CaptchaSpec())) for n in train}
     assert lengths == {1, 2, 3, 4}                         # 1..4 digits all occur
     with Image.open(tmp_path / "train" / train[0]) as image:
         assert image.format == "PNG" and image.size == (160, 64)
@@ -68,6 +74,97 @@ def test_same_seed_same_bytes_any_worker_count(tmp_path):
     assert a == b and a != c
     for name in a:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_digits_render_as_every_earlier_release_did(tmp_path):
+    # Names and pixels of process_data.py before the alphabet became configurable (seed 1, train):
+    # the label and image draws must not change, or data/ and the released model's test set would.
+    names = process_data.render_split(str(tmp_path / "train"), 12, seed=1, split="train", progress=False)
+    assert names == ["00-78.png", "01-7.png", "02-4158.png", "03-1.png", "04-8.png", "05-58.png", "06-020.png",
+                     "07-51.png", "08-0.png", "09-5840.png", "10-4.png", "11-17.png"]
+    pixels = hashlib.sha256()
+    for name in names:
+        with Image.open(tmp_path / "train" / name) as image:
+            pixels.update(np.asarray(image).tobytes())
+    assert pixels.hexdigest() == "3234742193868d31d03628e50d7786072284b2de5e90ea8cdbfb0776361fabfe"
+
+
+def labels_of(folder):
+    """Label of every PNG in a rendered folder, from its ``<index>-<label>.png`` name."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
+    return [process_data.FILE_RE.match(n).group("label") for n in names]
+
+
+@pytest.mark.parametrize("charset, count", [(HEX, 200), (MIXED, 300)])
+def test_any_alphabet_renders_valid_labels_and_its_manifest(tmp_path, charset, count):
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path, "--splits", "test", "--test_count", count,
+                   "--charset", charset, "--workers", "2", "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    spec = CaptchaSpec(charset=charset)
+    labels = labels_of(tmp_path / "test")
+    assert len(labels) == count
+    for label in labels:
+        spec.check_label(label)
+    assert {len(label) for label in labels} == {1, 2, 3, 4}
+    assert set("".join(labels)) == set(charset)          # every character is drawn, upper and lower case
+    info = read_manifest(str(tmp_path / "test"))
+    assert (info["alphabet"], info["count"], info["max_length"]) == (charset, count, 4)
+    with Image.open(tmp_path / "test" / sorted(os.listdir(tmp_path / "test"))[0]) as image:
+        assert image.size == (160, 64)
+
+
+def test_the_config_file_of_a_training_sets_what_is_rendered(tmp_path):
+    config = tmp_path / "alnum.yaml"
+    config.write_text('charset: "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"\nmax_captcha_digits: 5\nseed: 9\n'
+                      "optimizer: adam\nlearning_rate: 0.001\n")
+    assert process_data.main(["--config_path", str(config), "--output_dir", str(tmp_path / "a"), "--splits", "test",
+                              "--test_count", "40", "--quiet"]) == 0
+    info = read_manifest(str(tmp_path / "a" / "test"))
+    assert (info["alphabet"], info["max_length"], info["seed"]) == ("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", 5, 9)
+    # The command line overrides the file, as for train.py.
+    assert process_data.main(["--config_path", str(config), "--seed", "3", "--output_dir", str(tmp_path / "b"),
+                              "--splits", "test", "--test_count", "40", "--quiet"]) == 0
+    assert read_manifest(str(tmp_path / "b" / "test"))["seed"] == 3
+    assert labels_of(tmp_path / "a" / "test") != labels_of(tmp_path / "b" / "test")
+
+
+@pytest.mark.parametrize("charset, message", [
+    ("", "--charset is empty: give the characters a captcha can hold, e.g. 0123456789"),
+    ("0123456789AB1", "--charset '0123456789AB1' repeats '1': every character must appear once"),
+    ("01/2", "--charset '01/2' holds '/', which cannot be part of a file name (process_data.py names each "
+             "image <index>-<label>.png)"),
+    ("01\u4e2d", "--charset '01\u4e2d': the captcha package's fonts cannot draw '\u4e2d'"),
+])
+def test_bad_alphabets_are_one_line_and_write_nothing(tmp_path, charset, message):
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--charset", charset, "--quiet"])
+    assert proc.returncode == 2
+    assert proc.stderr == f"process_data.py: error: {message}\n"
+    assert not (tmp_path / "data").exists()
+
+
+def test_captcha_draws_digits_and_both_cases_of_letters():
+    generator = ImageCaptcha(width=160, height=64)
+    for char in MIXED:
+        # Grey on white without the noise: the pixels that are not white are the character. (captcha
+        # pastes with the colour's own brightness as the mask, so black would draw nothing.)
+        image = generator.create_captcha_image(char, color=(128, 128, 128), background=(255, 255, 255))
+        assert (np.asarray(image.convert("L")) < 200).sum() > 30, f"{char!r} is drawn blank"
+    # Drawn, and not as the missing-glyph box every font has: the check process_data.py runs.
+    assert process_data.undrawable_characters(MIXED, generator.truefonts) == []
+    assert process_data.undrawable_characters("A\u4e2dB", generator.truefonts) == ["\u4e2d"]
+
+
+def test_a_split_of_another_alphabet_is_replaced_but_user_images_are_not(tmp_path):
+    out = tmp_path / "train"
+    process_data.render_split(str(out), 30, spec=CaptchaSpec(charset="abcdef"), progress=False)
+    names = process_data.render_split(str(out), 10, progress=False)     # digits over letters: both ours
+    assert sorted(os.listdir(out)) == sorted(names + ["manifest.json"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "0001-xyz.png").write_bytes(b"a user's captcha")
+    with pytest.raises(ValueError, match="holds files that process_data.py did not write \\(e.g. 0001-xyz.png\\)"):
+        process_data.render_split(str(mine), 10, progress=False)
+    assert (mine / "0001-xyz.png").read_bytes() == b"a user's captcha"
 
 
 def test_rerun_replaces_folder_without_mixing(tmp_path):
@@ -92,7 +189,7 @@ def test_cli_help_documents_every_option_and_errors_are_one_line(tmp_path):
     proc = run_py([os.path.join(REPO, "process_data.py"), "--help"])
     assert proc.returncode == 0
     for option in ("--output_dir", "--train_count", "--test_count", "--captcha_width", "--captcha_height",
-                   "--max_captcha_digits", "--workers", "--seed", "--splits"):
+                   "--max_captcha_digits", "--workers", "--seed", "--splits", "--charset", "--config_path"):
         assert option in proc.stdout
     bad = run_py([os.path.join(REPO, "process_data.py"), "--output_dir", str(tmp_path), "--train_count", "0"])
     assert bad.returncode == 2
@@ -112,13 +209,14 @@ def test_manifest_describes_each_split_and_readers_ignore_it(tmp_path):
     assert describe_split(str(train)) == \
         f"{train}: 40 images, seed 5, 120x64, 1-3 chars of 0123456789, captcha {CAPTCHA_VERSION}"
     # The dataset reader takes the images only.
-    assert len(list_samples(str(train), max_digits=3)) == 40 and len(list_samples(str(test), max_digits=3)) == 16
+    spec = CaptchaSpec(max_length=3, width=120)
+    assert len(list_samples(str(train), spec)) == 40 and len(list_samples(str(test), spec)) == 16
     # A run killed before it reached test leaves a new train beside the old test: the lines show it.
-    process_data.render_split(str(train), 24, seed=6, width=120, max_digits=3, progress=False)
+    process_data.render_split(str(train), 24, spec=spec, seed=6, progress=False)
     assert describe_split(str(train)).startswith(f"{train}: 24 images, seed 6, 120x64")
     assert describe_split(str(test)).startswith(f"{test}: 16 images, seed 5, 120x64")
     assert check_compatible(str(train), str(test)) is None
-    process_data.render_split(str(train), 24, seed=6, width=160, max_digits=3, progress=False)
+    process_data.render_split(str(train), 24, spec=CaptchaSpec(max_length=3), seed=6, progress=False)
     assert check_compatible(str(train), str(test)) == \
         f"{train} and {test} were rendered differently: width 160 vs 120"
     # A file deleted since rendering is visible too.
@@ -147,7 +245,8 @@ def test_images_too_narrow_for_ctc_are_refused_before_anything_is_written(tmp_pa
     proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--captcha_width", "7"])
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("process_data.py: error: --captcha_width 7 is too small for --max_captcha_digits "
-                                   "4: CTC reads one step per pixel column and needs at least 2 x 4 = 8")
+                                   "4: CTC reads one time step per pixel column and needs up to 2 per character "
+                                   "(a blank between repeats): at least 2 x 4 = 8")
     assert not (tmp_path / "data").exists()
     proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--captcha_width", "8", "--splits", "test",
                    "--test_count", "3", "--quiet"])
@@ -238,7 +337,7 @@ def test_killed_run_stops_its_workers_and_the_next_run_clears_what_it_left(tmp_p
     assert again.returncode == 0, again.stderr
     assert f"process_data.py: removed {staging} (left by process {proc.pid}, now gone)" in again.stderr
     assert sorted(os.listdir(out)) == [live.name, "train"]
-    assert len(list_samples(str(out / "train"))) == 12
+    assert len(list_samples(str(out / "train"), CaptchaSpec())) == 12
 
 
 def test_terminated_run_removes_its_staging_folder_and_keeps_the_old_split(tmp_path):

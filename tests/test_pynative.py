@@ -22,13 +22,14 @@ import numpy as np
 import mindspore as ms
 import mindspore_hub_conf
 import predict
+from src.captcha_spec import CaptchaSpec
 from src.config import Config
 from src.dataset import create_predict_dataset
 
 checkpoint, folder = sys.argv[1:3]
 default_mode = ms.get_context("mode")
 paths = predict.collect_images([folder])
-(x, _), = create_predict_dataset(paths, batch_size=len(paths)).create_tuple_iterator()
+(x, _), = create_predict_dataset(paths, Config(batch_size=len(paths)), CaptchaSpec()).create_tuple_iterator()
 released = mindspore_hub_conf.create_network("warpctc", checkpoint_path=checkpoint)
 ms.set_seed(5)
 untrained = mindspore_hub_conf.create_network("warpctc", hidden_size=32)

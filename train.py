@@ -24,7 +24,7 @@ from src.runtime import PLATFORMS, RunInfo, set_up
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the WarpCTC captcha recogniser.")
-    parser.add_argument("--dataset_path", required=True, help="folder of training PNGs (<index>-<digits>.png)")
+    parser.add_argument("--dataset_path", required=True, help="labelled folder: <index>-<label>.png files, or images plus labels.tsv")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--run_distribute", action="store_true",
                         help="data-parallel training; the process must be started by a launcher "

@@ -4,7 +4,7 @@
 
 Reads every image with predict.py's own functions (``collect_images``, ``predict``: the same
 pipeline, decoding and confidence), takes the label from each file name
-(``<index>-<digits>.png``) and prints the overall accuracy, the accuracy of the most confident
+(``<index>-<label>.png`` or images plus ``labels.tsv``) and prints the overall accuracy, the accuracy of the most confident
 50/80/90/95/99 % of the images, and the accuracy and share of the images whose confidence is
 at least 0.5/0.9/0.99. The default folder is the 10,000-image test set
 (``python process_data.py --splits test --quiet`` renders it into ``data/test``).

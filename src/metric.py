@@ -4,7 +4,7 @@ Decoding is the :class:`CaptchaSpec`'s (``greedy_decode``): the metrics only com
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 from mindspore.train import Metric
@@ -48,7 +48,7 @@ class _DecodingMetric(Metric):
 
 
 class WarpCTCAccuracy(_DecodingMetric):
-    """Fraction of images whose decoded digits equal the label exactly; also kept per label length."""
+    """Fraction of images whose decoded text equals the label exactly; also kept per label length."""
 
     def clear(self):
         self._correct = 0
@@ -87,12 +87,3 @@ class WarpCTCCharErrorRate(_DecodingMetric):
         if self._chars == 0:
             raise RuntimeError("WarpCTCCharErrorRate: no samples were evaluated")
         return self._edits / self._chars
-
-
-def summarize(predictions: Sequence[str], labels: Sequence[str]) -> Dict[str, float]:
-    """Both metrics for already-decoded strings (used to cross-check predict.py against eval)."""
-    acc, cer = WarpCTCAccuracy(), WarpCTCCharErrorRate()
-    for p, l in zip(predictions, labels):
-        acc._add(p, l)
-        cer._add(p, l)
-    return {"WarpCTCAccuracy": acc.eval(), "CER": cer.eval()}

@@ -70,15 +70,6 @@ class WithLabelCell(nn.Cell):
         return self.backbone(image), label
 
 
-def parameter_count(input_size: int, hidden_size: int, num_classes: int, num_layers: int = 2) -> int:
-    """Closed-form parameter count: LSTM gates (4 per layer, two bias vectors each) + dense."""
-    total = 0
-    for layer in range(num_layers):
-        layer_in = input_size if layer == 0 else hidden_size
-        total += 4 * hidden_size * (layer_in + hidden_size) + 2 * 4 * hidden_size
-    return total + hidden_size * num_classes + num_classes
-
-
 def lstm_dtype_for(platform: str):
     """The one platform difference of the network: Ascend runs the LSTM in float16."""
     return ms.float16 if platform == "Ascend" else ms.float32

@@ -1,6 +1,7 @@
 """Shared fixtures: small real captcha datasets rendered once per test session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -64,3 +65,44 @@ def run_bash(args, cwd=None, timeout=300, env=None):
 def last_error_line(proc) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
     return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, size):
+    """A tmpfs of ``size`` at ``path``: a small disk that fills up (needs root; the test is skipped
+    with the reason where mounting is not allowed). Unmounted after."""
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs to simulate the disk ({result.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 2 MB tmpfs (a disk that fills up; remount it read-only with ``remount_ro``), unmounted after."""
+    with mounted_tmpfs(tmp_path / "tmpfs", "2m") as mount_point:
+        yield mount_point
+
+
+def remount_ro(path):
+    """Make a :func:`mounted_tmpfs` read-only (as root, a chmod'ed folder would still be writable)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+def snapshot(folder):
+    """Every file of a folder with its bytes."""
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def running(pid):
+    """Whether ``pid`` exists and is not a zombie (an orphan's zombie may wait for a busy init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

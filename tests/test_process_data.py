@@ -18,36 +18,12 @@ import process_data
 from src.captcha_spec import CaptchaSpec
 from src.dataset import list_samples, parse_label
 from src.manifest import check_compatible, describe_split, read_manifest
-from conftest import REPO, run_py
+from conftest import REPO, remount_ro, run_py, running, snapshot
 
 PROCESS_DATA = os.path.join(REPO, "process_data.py")
 CAPTCHA_VERSION = importlib.metadata.version("captcha")
 HEX = "0123456789ABCDEF"
 MIXED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A 2 MB tmpfs (a disk that fills up; remount it read-only with ``remount_ro``), unmounted after."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def remount_ro(mount_point):
-    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
-
-
-def snapshot(folder):
-    """Every file of a folder with its bytes."""
-    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
 
 
 def test_names_labels_and_counts(tmp_path):
@@ -289,15 +265,6 @@ def children(pid):
         except (OSError, IndexError):
             pass
     return found
-
-
-def running(pid):
-    """Whether ``pid`` exists and is not a zombie (an orphan's zombie may wait for a busy init)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def start_rendering(out, count=4000):

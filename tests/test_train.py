@@ -108,7 +108,7 @@ def test_bad_resume_checkpoint_is_one_line_error_and_nothing_is_written(data_roo
         expected = f"checkpoint {path}: corrupt or not a MindSpore checkpoint"
     else:
         path, hidden = good, "48"
-        expected = f"checkpoint {path}: was saved from a network of another shape"
+        expected = f"checkpoint {path}: --hidden_size 48 conflicts with the checkpoint's 32"
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", "--batch_size", "16", "--hidden_size", hidden,
                    "--resume_checkpoint", path], cwd=tmp_path)
     assert proc.returncode == 2

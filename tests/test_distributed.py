@@ -121,6 +121,11 @@ def rank_checkpoints(run_dir, rank):
 
 @pytest.fixture(scope="module")
 def replay(data_root):
+    """:func:`build_replay` of the test data, once per module."""
+    return build_replay(data_root)
+
+
+def build_replay(data_root):
     """What each rank should have seen and started from, rebuilt in this process.
 
     ``batches[r]``: rank r's batches in training order (both epochs) from its own shard,
@@ -408,7 +413,10 @@ def test_multi_server_table_runs_this_servers_devices_with_server_id(data_root, 
 
 LAUNCHERS = ["run_distribute_train.sh", "run_distribute_train_for_gpu.sh", "run_distribute_train_gpu.sh",
              "run_distribute_train_cpu.sh"]
-USAGE = {"run_distribute_train.sh": "[RANK_TABLE_FILE] [DATASET_PATH]"}
+MULTI_NODE = "[--nodes N --node_rank K --master_addr HOST] [--master_port P] "
+USAGE = {"run_distribute_train.sh": "[RANK_TABLE_FILE] [DATASET_PATH] [--dry_run] [--foreground] ",
+         "run_distribute_train_cpu.sh": f"[RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] {MULTI_NODE}"}
+GPU_USAGE = f"[RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] {MULTI_NODE}[--hostfile FILE] "
 
 
 @pytest.mark.parametrize("script", LAUNCHERS)
@@ -418,8 +426,8 @@ def test_usage_and_argument_errors(data_root, tmp_path, script):
     run_dir = tmp_path / "run"
     proc = launch(script, first, run_dir=run_dir)
     assert proc.returncode == 2
-    assert error_line(proc) == (f"Usage: bash {shown} {USAGE.get(script, '[RANK_SIZE] [DATASET_PATH]')} "
-                                "[--dry_run] [--foreground] [train.py options...]")
+    usage = USAGE.get(script, GPU_USAGE)
+    assert error_line(proc) == f"Usage: bash {shown} {usage}[train.py options...]"
     cases = [([first, tmp_path / "nope"], f"{tmp_path / 'nope'}: no such folder"),
              ([first, data_root / "train", "CPU"], "unexpected argument 'CPU' (extra train.py options start with --)"),
              ([first, data_root / "train", "--dry_run", "--platform", "GPU"],

@@ -3,7 +3,8 @@
 Writes ``<file_name>.mindir`` (default) with a fixed input shape ``(export_batch_size, 3, H, W)``;
 the output is the logits ``(W, export_batch_size, classes)``, decoded with greedy CTC as in eval.
 Beside a MINDIR/ONNX/AIR file goes ``<file>.json``: the alphabet, blank index, input shape,
-channel order, rescale, mean/std and resize rule, so the model can be used without MindSpore.
+channel order, rescale, normalisation (the checkpoint's: fixed mean/std or per image) and
+resize rule, so the model can be used without MindSpore.
 ``--file_format CKPT`` writes a weights-only checkpoint (no optimizer state: ~14 MB), the
 form in which trained models are released.
 
@@ -53,10 +54,21 @@ def sidecar_path(model_path: str) -> str:
     return model_path + ".json"
 
 
+def _normalization(spec) -> Dict[str, object]:
+    """The normalisation step of the preprocessing, as the spec says, with its constants."""
+    from src.dataset import MEAN, PER_IMAGE_STD_FLOOR, STD
+
+    if spec.normalization == "per_image":
+        return {"step": "x = (x - mean_c) / max(std_c, std_floor), where mean_c and std_c are the mean and the "
+                        "population standard deviation of channel c over this image's pixels",
+                "mean": None, "std": None, "std_floor": PER_IMAGE_STD_FLOOR}
+    return {"step": "x = (x - mean) / std, per channel in BGR order", "mean": list(MEAN), "std": list(STD)}
+
+
 def deployment_info(spec, model_file: str, batch_size: int) -> Dict[str, object]:
     """What a user without MindSpore needs to run an exported model and read its output."""
-    from src.dataset import MEAN, STD
-
+    norm = _normalization(spec)
+    normalize_step = norm.pop("step")
     return {
         "model_file": model_file,
         "charset": spec.charset,
@@ -70,13 +82,13 @@ def deployment_info(spec, model_file: str, batch_size: int) -> Dict[str, object]
             "layout": "NCHW",
             "channel_order": "BGR",
             "preprocess": ["load as RGB (first frame of a GIF), then reverse the channels to BGR",
-                           "x = x * rescale", "x = (x - mean) / std, per channel in BGR order",
+                           "x = x * rescale", normalize_step,
                            f"resize to {spec.input_height}x{spec.width} (height x width) with bilinear "
                            "interpolation if the image has another size",
                            "HWC -> CHW, stack the batch"],
             "rescale": 1.0 / 255.0,
-            "mean": list(MEAN),
-            "std": list(STD),
+            "normalization": spec.normalization,
+            **norm,
             "resize": {"height": spec.input_height, "width": spec.width, "interpolation": "bilinear"},
         },
         "output": {

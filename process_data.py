@@ -1,8 +1,9 @@
 """Render the captcha dataset: ``<out>/train`` and ``<out>/test`` folders of PNG files.
 
 What is rendered comes from the same :class:`src.config.Config` as training (``--config_path``,
-``--charset``, ``--max_captcha_digits``, ``--captcha_width``, ``--captcha_height``, ``--seed``):
-labels of 1..``max_captcha_digits`` characters of the alphabet, length and characters uniform.
+``--charset``, ``--max_captcha_digits``, ``--captcha_width``, ``--captcha_height``, ``--seed``,
+and the style options of ``src/render.py``, whose renderer draws every image): labels of
+1..``max_captcha_digits`` characters of the alphabet, length and characters uniform.
 Each file is ``<zero-padded index>-<label>.png``; the label is the part after the first
 ``-``. The same ``--seed`` gives the same labels and byte-identical images whatever the
 number of worker processes. A split is rendered into a hidden staging folder and swapped
@@ -25,54 +26,19 @@ import shutil
 import signal
 import sys
 import time
-from typing import Iterable, List, Optional, Sequence, Tuple
-
-import captcha.image
-from captcha.image import ImageCaptcha
-from PIL import Image, ImageDraw
-from PIL.ImageFont import FreeTypeFont
+from typing import Iterable, List, Optional, Tuple
 
 from src.captcha_spec import CaptchaSpec
 from src.cli import report_error
 from src.config import add_config_arguments, config_from_args
 from src.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from src.render import MIN_LENGTH, STYLE_FIELDS, Renderer, RenderStyle, sample_label
 
-MIN_LENGTH = 1                 # labels have MIN_LENGTH..max_length characters, as the spec reads them
 # The Config fields that decide what is rendered; the others belong to training.
-RENDER_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed")
+RENDER_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed") + STYLE_FIELDS
 FILE_RE = re.compile(r"^\d+-(?P<label>.+)\.png$")
-# A code point no font draws: what a font renders for a character it lacks (its .notdef glyph).
-_NO_GLYPH = "\U0010FFFF"
 # Hidden folders of a run in progress: the split being rendered, and the split it replaces.
 LEFTOVER_RE = re.compile(r"^\.(?P<split>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
-
-
-class _SeededSecrets:
-    """Stand-in for the ``secrets`` module that ``captcha`` draws from, driven by a seeded RNG.
-
-    ``captcha`` 0.7 uses ``secrets`` (unseedable) for every random choice; swapping it for a
-    seeded generator is what makes images reproducible byte for byte.
-    """
-
-    def __init__(self, rng: random.Random):
-        self._rng = rng
-
-    def randbelow(self, n: int) -> int:
-        return self._rng.randrange(n)
-
-    def randbits(self, k: int) -> int:
-        return self._rng.getrandbits(k)
-
-    def choice(self, seq):
-        return self._rng.choice(seq)
-
-
-def sample_label(rng: random.Random, spec: CaptchaSpec) -> str:
-    """A label of MIN_LENGTH..max_length characters of the alphabet, length and characters uniform."""
-    length = rng.randint(MIN_LENGTH, spec.max_length)
-    # One randrange per character: for the digits these are the draws every earlier release made,
-    # so the same seed still gives the same labels and images.
-    return "".join(spec.charset[rng.randrange(len(spec.charset))] for _ in range(length))
 
 
 def plan_split(count: int, spec: CaptchaSpec, seed: int, split: str) -> List[Tuple[str, str]]:
@@ -86,43 +52,26 @@ def plan_split(count: int, spec: CaptchaSpec, seed: int, split: str) -> List[Tup
     return plan
 
 
-def _glyph(font: FreeTypeFont, char: str) -> Image.Image:
-    canvas = Image.new("L", (2 * font.size, 2 * font.size))
-    ImageDraw.Draw(canvas).text((font.size // 2, 0), char, font=font, fill=255)
-    return canvas
+def image_seed(seed: int, split: str, index: int) -> str:
+    """The seed image ``index`` of a split is drawn from (see :meth:`src.render.Renderer.render`)."""
+    return f"warpctc-image-{seed}-{split}-{index}"
 
 
-def undrawable_characters(charset: str, fonts: Sequence[FreeTypeFont]) -> List[str]:
-    """The characters of ``charset`` that one of ``fonts`` draws as nothing or as its missing-glyph box."""
-    missing = []
-    for font in fonts:
-        no_glyph = _glyph(font, _NO_GLYPH).tobytes()
-        for char in charset:
-            glyph = _glyph(font, char)
-            if char not in missing and (glyph.getbbox() is None or glyph.tobytes() == no_glyph):
-                missing.append(char)
-    return missing
-
-
-def check_renderable(spec: CaptchaSpec) -> None:
-    """ValueError unless every character of the alphabet fits in a file name and ``captcha`` can draw it."""
+def check_file_names(spec: CaptchaSpec) -> None:
+    """ValueError unless every character of the alphabet can be part of a file name."""
     if "/" in spec.charset:
         raise ValueError(f"--charset {spec.charset!r} holds '/', which cannot be part of a file name "
                          f"(process_data.py names each image <index>-<label>.png)")
-    missing = undrawable_characters(spec.charset, ImageCaptcha().truefonts)
-    if missing:
-        raise ValueError(f"--charset {spec.charset!r}: the captcha package's fonts cannot draw "
-                         f"{''.join(missing)!r}")
 
 
-_GENERATOR: ImageCaptcha | None = None
+_RENDERER: Optional[Renderer] = None
 _PARENT_PID: Optional[int] = None
 
 
-def _init_worker(parent_pid: int) -> None:
-    """Pool initializer: make the worker die with the process that started it."""
-    global _PARENT_PID
-    _PARENT_PID = parent_pid
+def _init_worker(parent_pid: int, renderer: Renderer) -> None:
+    """Pool initializer: make the worker die with the process that started it; keep its renderer."""
+    global _PARENT_PID, _RENDERER
+    _PARENT_PID, _RENDERER = parent_pid, renderer
     # The parent turns SIGTERM into a clean exit and handles Ctrl-C; in a worker either would
     # only print a traceback, and Pool.terminate() stops workers with SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -132,20 +81,17 @@ def _init_worker(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _render_one(job: Tuple[str, str, str, int, int]) -> None:
-    path, label, image_seed, width, height = job
+def _render_one(job: Tuple[str, str, str]) -> None:
+    """A pool worker's job: render and write one image with the worker's renderer."""
     # Covers a parent killed before the initializer ran, and platforms without prctl.
     if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
         os._exit(1)
-    global _GENERATOR
-    if _GENERATOR is None or (_GENERATOR._width, _GENERATOR._height) != (width, height):
-        _GENERATOR = ImageCaptcha(width=width, height=height)
-    saved = captcha.image.secrets
-    captcha.image.secrets = _SeededSecrets(random.Random(image_seed))
-    try:
-        image = _GENERATOR.generate_image(label)
-    finally:
-        captcha.image.secrets = saved
+    _write_image(_RENDERER, job)
+
+
+def _write_image(renderer: Renderer, job: Tuple[str, str, str]) -> None:
+    path, label, seed = job
+    image = renderer.render(label, seed)
     try:
         image.save(path, format="PNG")
     except OSError as err:
@@ -232,15 +178,18 @@ def _foreign_files(out_dir: str, spec: CaptchaSpec) -> List[str]:
 
 
 def render_split(out_dir: str, count: int, *, spec: CaptchaSpec = CaptchaSpec(), seed: int = 1,
-                 split: str = "train", workers: int = 1, progress: bool = True) -> List[str]:
-    """Render ``count`` captchas of ``spec`` into ``out_dir`` (replaced as a whole) and return the file names.
+                 split: str = "train", workers: int = 1, progress: bool = True,
+                 style: RenderStyle = RenderStyle()) -> List[str]:
+    """Render ``count`` captchas of ``spec`` in ``style`` into ``out_dir`` (replaced as a whole) and
+    return the file names.
 
     Bad arguments and environment failures (a full disk, a read-only folder) raise ValueError
     with a one-line message naming the path; an existing ``out_dir`` is then left as it was.
     """
     if count <= 0:
         raise ValueError(f"--{split}_count must be positive, got {count}")
-    check_renderable(spec)
+    check_file_names(spec)
+    renderer = Renderer(spec, style)
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
@@ -261,16 +210,16 @@ def render_split(out_dir: str, count: int, *, spec: CaptchaSpec = CaptchaSpec(),
         raise ValueError(f"{out_dir}: cannot write in {err.filename or parent}: {err.strerror or err}; "
                          f"{kept}") from None
     plan = plan_split(count, spec, seed, split)
-    jobs = [(os.path.join(staging, name), label, f"warpctc-image-{seed}-{split}-{i}", spec.width, spec.height)
-            for i, (name, label) in enumerate(plan)]
+    jobs = [(os.path.join(staging, name), label, image_seed(seed, split, i)) for i, (name, label) in enumerate(plan)]
     try:
-        _run_jobs(jobs, workers, split, progress)
+        _run_jobs(jobs, renderer, workers, split, progress)
         # Written last: a staging folder with a manifest is complete.
         write_manifest(staging, {
             "split": split, "count": count, "seed": seed, "width": spec.width, "height": spec.height,
             "min_length": MIN_LENGTH, "max_length": spec.max_length, "alphabet": spec.charset,
             "captcha_version": importlib.metadata.version("captcha"),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "style": style.changes()})
         _swap_in(staging, out_dir)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
@@ -282,7 +231,7 @@ def render_split(out_dir: str, count: int, *, spec: CaptchaSpec = CaptchaSpec(),
     return [name for name, _ in plan]
 
 
-def _run_jobs(jobs: List[tuple], workers: int, split: str, progress: bool) -> None:
+def _run_jobs(jobs: List[tuple], renderer: Renderer, workers: int, split: str, progress: bool) -> None:
     total = len(jobs)
     start = time.time()
     step = max(1, total // 20)
@@ -294,11 +243,11 @@ def _run_jobs(jobs: List[tuple], workers: int, split: str, progress: bool) -> No
 
     if workers <= 1:
         for done, job in enumerate(jobs, 1):
-            _render_one(job)
+            _write_image(renderer, job)
             report(done)
         return
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(), renderer)) as pool:
         for done, _ in enumerate(pool.imap_unordered(_render_one, jobs, chunksize=64), 1):
             report(done)
 
@@ -341,6 +290,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         spec = CaptchaSpec.from_config(cfg)
+        style = RenderStyle.from_config(cfg)
         if args.workers <= 0:
             raise ValueError(f"--workers must be positive, got {args.workers}")
         for split in parse_splits(args.splits):
@@ -348,10 +298,11 @@ def main(argv: Iterable[str] | None = None) -> int:
             start = time.time()
             out = os.path.join(args.output_dir, split)
             render_split(out, count, spec=spec, seed=cfg.seed, split=split, workers=args.workers,
-                         progress=not args.quiet)
+                         progress=not args.quiet, style=style)
             elapsed = time.time() - start
+            look = "" if not style.changes() else f", {style.describe()}"
             print(f"{split}: {count} images in {os.path.abspath(out)} "
-                  f"({elapsed:.1f} s, {count / max(elapsed, 1e-9):.0f} images/s)", flush=True)
+                  f"({elapsed:.1f} s, {count / max(elapsed, 1e-9):.0f} images/s{look})", flush=True)
     except ValueError as err:
         return report_error("process_data.py", err)
     except (KeyboardInterrupt, Terminated) as err:

@@ -1,4 +1,5 @@
-"""Train WarpCTC: ``python train.py --dataset_path data/train [--platform CPU] [options]``."""
+"""Train WarpCTC: ``python train.py --dataset_path data/train [--platform CPU] [options]``, or on captchas
+rendered on the fly: ``python train.py --synthetic_images 50000 [options]``."""
 from __future__ import annotations
 
 if __name__ == "__main__":
@@ -24,7 +25,9 @@ from src.runtime import PLATFORMS, RunInfo, set_up
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the WarpCTC captcha recogniser.")
-    parser.add_argument("--dataset_path", required=True, help="labelled folder: <index>-<label>.png files, or images plus labels.tsv")
+    parser.add_argument("--dataset_path", default=None,
+                        help="labelled folder: <index>-<label>.png files, or images plus labels.tsv (required "
+                             "unless --synthetic_images renders the captchas on the fly)")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--run_distribute", action="store_true",
                         help="data-parallel training; the process must be started by a launcher "
@@ -58,8 +61,9 @@ def _checkpoint_dir(cfg: Config, info: RunInfo) -> str:
     return cfg.save_checkpoint_path
 
 
-def build_training(cfg: Config, info: RunInfo, dataset_path: str, spec):
-    """This rank's dataset shard plus the network, schedule and one-step training cell."""
+def build_training(cfg: Config, info: RunInfo, dataset_path: Optional[str], spec):
+    """This rank's dataset shard (of the folder, or on the fly when ``dataset_path`` is None) plus the
+    network, schedule and one-step training cell."""
     from src.dataset import create_dataset
     from src.warpctc_for_train import build_train_cell
 
@@ -172,11 +176,17 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     from src.manifest import dataset_report
 
     info = set_up(args.platform, args.run_distribute, args.device_id)
-    if info.rank == 0:
+    spec = CaptchaSpec.from_config(cfg)
+    if info.rank == 0 and args.dataset_path is None:
+        from src.dataset import describe_synthetic
+
+        print(f"dataset: {describe_synthetic(cfg, spec)}", flush=True)
+        if args.eval_dataset_path:
+            print("\n".join(dataset_report(args.eval_dataset_path)), flush=True)
+    elif info.rank == 0:
         print("\n".join(dataset_report(args.dataset_path, args.eval_dataset_path)), flush=True)
     state.distributed, state.save_checkpoint = info.distributed, cfg.save_checkpoint
     ms.set_seed(cfg.seed)
-    spec = CaptchaSpec.from_config(cfg)
     dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path, spec)
     total_steps = len(lr)                                   # train_steps, or epoch_size whole epochs
     state.total_steps = total_steps
@@ -251,6 +261,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.init_checkpoint and args.resume_checkpoint:
             raise ValueError("--init_checkpoint starts a new training and --resume_checkpoint continues one: "
                              "give only one of them")
+        if args.dataset_path is not None and cfg.synthetic_images:
+            raise ValueError(f"--dataset_path {args.dataset_path} and --synthetic_images {cfg.synthetic_images}: "
+                             "give one of them (a labelled folder, or captchas rendered on the fly)")
+        if args.dataset_path is None and not cfg.synthetic_images:
+            raise ValueError("the following arguments are required: --dataset_path (or --synthetic_images N to "
+                             "train on N captchas per epoch rendered on the fly)")
         return run(args, cfg, state)
     except ValueError as err:
         return report_error("train.py", err)

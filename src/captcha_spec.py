@@ -14,7 +14,7 @@ import json
 import math
 from functools import cached_property
 from dataclasses import asdict, dataclass
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -22,17 +22,22 @@ DIGITS = "0123456789"
 # Characters a label can never hold: they separate fields in labels.tsv and predict.py's output.
 _FORBIDDEN = set("\t\r\n")
 SPEC_KEY = "captcha_spec"      # name of the spec's JSON entry inside a checkpoint
+# How an image is normalised before the network: "fixed", the original's dataset mean/std per
+# channel; "per_image", each channel of each image to mean 0 and std 1 (robust to colours,
+# brightness and contrast the training data did not have).
+NORMALIZATIONS = ("fixed", "per_image")
 
 
 @dataclass(frozen=True)
 class CaptchaSpec:
-    """One captcha style: ``charset`` (distinct characters), labels of 1..``max_length`` of them,
-    images ``width`` x ``height`` pixels."""
+    """What a model reads: ``charset`` (distinct characters), labels of 1..``max_length`` of them,
+    images ``width`` x ``height`` pixels, normalised by ``normalization`` (see NORMALIZATIONS)."""
 
     charset: str = DIGITS
     max_length: int = 4
     width: int = 160
     height: int = 64
+    normalization: str = NORMALIZATIONS[0]
 
     def __post_init__(self):
         if not self.charset:
@@ -53,6 +58,8 @@ class CaptchaSpec:
                              f"{self.max_length}: CTC reads one time step per pixel column and needs up to 2 "
                              f"per character (a blank between repeats): at least 2 x {self.max_length} = "
                              f"{2 * self.max_length}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "CaptchaSpec":
@@ -61,7 +68,12 @@ class CaptchaSpec:
         ``src.config.validate`` builds it too, so a validated config never fails here.
         """
         return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
-                   height=cfg.captcha_height)
+                   height=cfg.captcha_height, normalization=cfg.normalization)
+
+    def config_values(self) -> Dict[str, object]:
+        """The :class:`src.config.Config` fields this spec is made of (the inverse of :meth:`from_config`)."""
+        return {"charset": self.charset, "max_captcha_digits": self.max_length, "captcha_width": self.width,
+                "captcha_height": self.height, "normalization": self.normalization}
 
     # -- the network's view ----------------------------------------------------------------------
     @property
@@ -148,15 +160,19 @@ class CaptchaSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str = "spec") -> "CaptchaSpec":
+        """The spec :meth:`to_json` wrote. A spec written before ``normalization`` existed reads as
+        "fixed", the only normalisation there was."""
         try:
             data = json.loads(text)
-            return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")})
-        except (ValueError, KeyError, TypeError) as err:
+            return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")},
+                       normalization=data.get("normalization", NORMALIZATIONS[0]))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: damaged captcha spec ({err})") from None
 
     def describe(self) -> str:
-        """One line for logs: ``1-4 of '0123456789', 160x64``."""
-        return f"1-{self.max_length} of {self.charset!r}, {self.width}x{self.height}"
+        """One line for logs: ``1-4 of '0123456789', 160x64`` (plus ``, per_image normalisation``)."""
+        text = f"1-{self.max_length} of {self.charset!r}, {self.width}x{self.height}"
+        return text if self.normalization == NORMALIZATIONS[0] else f"{text}, {self.normalization} normalisation"
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

@@ -208,7 +208,7 @@ def check_run_record(path: str, params: Mapping, current: Mapping[str, int]) -> 
 
 
 # What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it.
-MODEL_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "hidden_size")
+MODEL_FIELDS = tuple(CaptchaSpec().config_values()) + ("hidden_size",)
 
 
 def model_record(spec: CaptchaSpec, hidden_size: int) -> Dict[str, object]:
@@ -222,8 +222,7 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
     fc_weight = params.get("fc.weight")
     if SPEC_KEY in params:
         spec = CaptchaSpec.from_json(str(params[SPEC_KEY]), source=f"checkpoint {path}")
-        stored = {"charset": spec.charset, "max_captcha_digits": spec.max_length,
-                  "captcha_width": spec.width, "captcha_height": spec.height}
+        stored = spec.config_values()
         if "hidden_size" in params:
             stored["hidden_size"] = int(params["hidden_size"].asnumpy().reshape(-1)[0])
         elif fc_weight is not None:
@@ -236,6 +235,7 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
             raise ValueError(f"checkpoint {path}: records no captcha spec and has {int(fc_weight.shape[0])} "
                              f"classes, not the digits' {CaptchaSpec().num_classes}; it cannot be read")
         stored["charset"] = CaptchaSpec().charset
+        stored["normalization"] = CaptchaSpec().normalization      # the only one there was
     return stored
 
 

@@ -3,8 +3,10 @@
 Defaults live in :class:`Config`. Every entry point (``train.py``, ``eval.py``, ...) builds
 its parser with :func:`add_config_arguments`, so each field can be overridden on the
 command line (``--batch_size 32``) or from a YAML file (``--config_path my.yaml``).
-Precedence: defaults < YAML file < command line. What a captcha is (alphabet, length, size)
-is read from a config with ``CaptchaSpec.from_config(cfg)`` (``src/captcha_spec.py``).
+Precedence: defaults < YAML file < command line. What a captcha is (alphabet, length, size,
+normalisation) is read from a config with ``CaptchaSpec.from_config(cfg)``
+(``src/captcha_spec.py``), how rendered captchas look with ``RenderStyle.from_config(cfg)``
+(``src/render.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from src.captcha_spec import DIGITS, CaptchaSpec
+from src.captcha_spec import DIGITS, NORMALIZATIONS, CaptchaSpec
+from src.render import RenderStyle
+
+_STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
 
 
 @dataclass
@@ -41,8 +46,9 @@ class Config:
     save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
     # Not in the original's table, but fixed there in code; exposed so they are not hidden constants.
     seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle; process_data.py "
-                                                   "renders from it (the same seed gives the same labels and "
-                                                   "byte-identical images)"})
+                                                   "and the on-the-fly stream (--synthetic_images) render from it "
+                                                   "(the same seed gives the same labels and byte-identical "
+                                                   "images)"})
     clip_global_norm: float = field(default=10.0, metadata={"help": "gradient clipping by global norm"})
     num_parallel_workers: int = field(default=0, metadata={"help": "dataset workers; 0 = auto (1 for CPU training, "
                                                                        "else the CPU count capped at 8)"})
@@ -57,6 +63,40 @@ class Config:
     forget_bias: float = field(default=0.0, metadata={"help": "added to every LSTM forget-gate bias at "
                                                               "initialisation (0 = MindSpore's default init, the "
                                                               "original)"})
+    normalization: str = field(default=NORMALIZATIONS[0], metadata={
+        "help": "input normalisation: fixed (the original's dataset mean/std) or per_image (each channel of each "
+                "image to mean 0, std 1); checkpoints record it, so eval, predict and export apply the same"})
+    # Captchas rendered on the fly (src/render.py, README "Captchas on the fly").
+    synthetic_images: int = field(default=0, metadata={
+        "help": "train on this many captchas per epoch rendered on the fly from the spec, the style options and "
+                "the seed, instead of a --dataset_path folder (0 = read the folder)"})
+    # How rendered captchas look (process_data.py and the on-the-fly stream); the defaults draw as
+    # the captcha package does, every option changed from them adds variety.
+    fonts: str = field(default=",".join(_STYLE.fonts), metadata={
+        "help": "comma-separated: captcha (the font the captcha package ships), system (the installed fonts "
+                "that draw the whole alphabet), font files or folders of them"})
+    font_sizes: str = field(default=",".join(map(str, _STYLE.font_sizes)), metadata={
+        "help": "comma-separated font sizes in pixels, one drawn per character"})
+    text_colors: str = field(default="-".join(map(str, _STYLE.text_colors)), metadata={
+        "help": "LOW-HIGH range of each RGB channel of the text colour"})
+    background_colors: str = field(default="-".join(map(str, _STYLE.background_colors)), metadata={
+        "help": "LOW-HIGH range of each RGB channel of the background colour"})
+    noise_dots: int = field(default=_STYLE.noise_dots, metadata={"help": "noise dots per image (0 = none)"})
+    noise_curves: int = field(default=_STYLE.noise_curves, metadata={"help": "noise arcs per image (0 = none)"})
+    char_rotation: float = field(default=_STYLE.char_rotation, metadata={
+        "help": "each character is rotated by up to +-this many degrees"})
+    char_warp: float = field(default=_STYLE.char_warp, metadata={
+        "help": "scale of the captcha package's per-character warp (0 = none)"})
+    image_rotation: float = field(default=_STYLE.image_rotation, metadata={
+        "help": "the whole image is rotated by up to +-this many degrees (0 = off)"})
+    image_shear: float = field(default=_STYLE.image_shear, metadata={
+        "help": "horizontal shear of the whole image, up to +-this factor (0 = off)"})
+    image_wave: float = field(default=_STYLE.image_wave, metadata={
+        "help": "pixel columns shifted up and down along a sine wave of up to this amplitude in pixels (0 = off)"})
+    image_blur: float = field(default=_STYLE.image_blur, metadata={
+        "help": "Gaussian blur of radius up to this many pixels (0 = off)"})
+    color_jitter: float = field(default=_STYLE.color_jitter, metadata={
+        "help": "brightness and contrast scaled by factors in [1 - this, 1 + this] (0 = off)"})
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -167,10 +207,12 @@ def load_yaml_overrides(path: str) -> dict:
 def validate(cfg: Config) -> Config:
     """Reject values no run can use, naming the option.
 
-    The captcha fields (alphabet, length, size, and the width CTC needs) are checked by
-    building their :class:`CaptchaSpec`, which owns those rules.
+    The captcha fields (alphabet, length, size, and the width CTC needs, normalisation) are
+    checked by building their :class:`CaptchaSpec`, the style fields by building their
+    :class:`RenderStyle`: each owns its rules.
     """
     CaptchaSpec.from_config(cfg)
+    RenderStyle.from_config(cfg)
     positive = ("batch_size", "epoch_size", "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
     for name in positive:
         if getattr(cfg, name) <= 0:
@@ -191,6 +233,8 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.num_parallel_workers < 0:
         raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
+    if cfg.synthetic_images < 0:
+        raise ValueError(f"--synthetic_images must be >= 0, got {cfg.synthetic_images}")
     return cfg
 
 

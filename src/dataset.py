@@ -1,14 +1,18 @@
-"""Labelled captcha folder -> ``mindspore.dataset`` pipeline of ``(image, label)`` batches.
+"""Labelled captchas -> ``mindspore.dataset`` pipeline of ``(image, label)`` batches.
 
-A dataset folder is either ``<index>-<label>.<ext>`` files (what ``process_data.py``
-renders: the label is the part after the first ``-``), or images of any names plus a
-``labels.tsv`` (``file<TAB>label`` per line, UTF-8: the format predict.py prints, so corrected
-predictions become labels). Labels are checked against the :class:`CaptchaSpec` and coded by
-it (class indices right-padded with the blank), the same way on every platform.
+The captchas come from a dataset folder or are rendered on the fly. A dataset folder is
+either ``<index>-<label>.<ext>`` files (what ``process_data.py`` renders: the label is the
+part after the first ``-``), or images of any names plus a ``labels.tsv`` (``file<TAB>label``
+per line, UTF-8: the format predict.py prints, so corrected predictions become labels).
+On the fly (``synthetic_images``), every sample is a pure function of the seed and its place
+in the stream (see :class:`SyntheticSource`). Labels are checked against the
+:class:`CaptchaSpec` and coded by it (class indices right-padded with the blank), the same way
+on every platform, and images are normalised as the spec says.
 """
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +22,14 @@ import numpy as np
 from PIL import Image
 
 from src.captcha_spec import CaptchaSpec
+from src.render import Renderer, RenderStyle, resolve_fonts, sample_label
 
+# The "fixed" normalisation: the original's per-channel statistics of its training set (BGR).
 MEAN = (0.9010, 0.9049, 0.9025)
 STD = (0.1521, 0.1347, 0.1458)
+# The "per_image" normalisation divides by at least this std (one grey level), so that an image of
+# one colour becomes zeros instead of noise blown up.
+PER_IMAGE_STD_FLOOR = 1.0 / 255.0
 # The image formats read everywhere (datasets and prediction); a GIF is read from its first frame.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 _FORMAT_NAMES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP"}
@@ -152,13 +161,88 @@ class CaptchaSource:
         return load_bgr(self.samples[index][0]), self.labels[index]
 
 
+class SyntheticSource:
+    """Random-access source of captchas rendered on the fly: global sample index -> (BGR image, coded label).
+
+    Sample ``g`` is a pure function of ``(seed, g)``: its label is drawn from
+    ``random.Random("warpctc-synthetic-label-<seed>-<g>")`` and its image rendered by ``renderer``
+    from the seed ``"warpctc-synthetic-image-<seed>-<g>"``, so any sample can be made again, in
+    any order, by any worker. ``count`` is the number of samples an epoch reads (per shard).
+    """
+
+    def __init__(self, renderer: Renderer, seed: int, count: int):
+        self.renderer = renderer
+        self.seed = seed
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def sample(self, index: int) -> Tuple[str, str]:
+        """``(label, image seed)`` of global sample ``index``."""
+        label = sample_label(random.Random(f"warpctc-synthetic-label-{self.seed}-{index}"), self.renderer.spec)
+        return label, f"warpctc-synthetic-image-{self.seed}-{index}"
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        label, image_seed = self.sample(int(index))
+        return self.renderer.render_bgr(label, image_seed), self.renderer.spec.encode(label)
+
+
+class StreamSampler:
+    """The global sample indices one shard reads, epoch after epoch: a stream that never repeats.
+
+    Position ``p`` of shard ``shard_id``'s stream is global sample ``p * num_shards + shard_id``
+    (shards are disjoint, and step ``t`` of N shards at batch B reads the samples one shard at
+    batch N x B would); epoch ``e`` reads positions ``e * per_epoch`` to ``(e + 1) * per_epoch - 1``.
+    MindSpore iterates a copy of the sampler once per epoch, also for the epochs that
+    ``Dataset.set_init_step`` skips (without fetching their samples), so a resumed run reads
+    exactly the positions an uninterrupted one would. Every copy starts at epoch 0: MindSpore
+    also copies and iterates samplers to count a dataset (``get_dataset_size``), which must not
+    move the stream.
+    """
+
+    def __init__(self, per_epoch: int, num_shards: int = 1, shard_id: int = 0):
+        self.per_epoch = per_epoch
+        self.num_shards = num_shards
+        self.shard_id = shard_id
+        self.epoch = 0
+
+    def __deepcopy__(self, memo) -> "StreamSampler":
+        return StreamSampler(self.per_epoch, self.num_shards, self.shard_id)
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __iter__(self):
+        first = self.epoch * self.per_epoch
+        self.epoch += 1
+        return iter(range(first * self.num_shards + self.shard_id,
+                          (first + self.per_epoch) * self.num_shards + self.shard_id, self.num_shards))
+
+
+class PerImageStandardize:
+    """The "per_image" normalisation: each channel of a float HWC image to mean 0 and std 1 over its
+    pixels (population std, at least PER_IMAGE_STD_FLOOR)."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        # float64 statistics: a float32 sum over 10,000 pixels is off by ~1e-4.
+        mean = image.mean(axis=(0, 1), dtype=np.float64, keepdims=True)
+        std = np.maximum(image.std(axis=(0, 1), dtype=np.float64, keepdims=True), PER_IMAGE_STD_FLOOR)
+        return ((image - mean) / std).astype(np.float32)
+
+
 def image_transforms(spec: CaptchaSpec) -> list:
-    """The original's per-image transforms: rescale, normalise, resize to the network's input, HWC->CHW."""
+    """The per-image transforms: rescale, normalise (as ``spec.normalization`` says), resize to the
+    network's input, HWC->CHW. With "fixed", the original's."""
     import mindspore.dataset.vision as vision
 
+    if spec.normalization == "per_image":
+        normalize = PerImageStandardize()
+    else:
+        normalize = vision.Normalize(list(MEAN), list(STD))
     return [
         vision.Rescale(1.0 / 255.0, 0.0),
-        vision.Normalize(list(MEAN), list(STD)),
+        normalize,
         vision.Resize((spec.input_height, spec.width)),
         vision.HWC2CHW(),
     ]
@@ -175,16 +259,31 @@ def _pipeline(source, column_names: List[str], spec: CaptchaSpec, batch_size: in
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def create_dataset(dataset_path: str, cfg, spec: Optional[CaptchaSpec] = None, *, training: bool = True,
-                   num_shards: int = 1, shard_id: int = 0, platform: str = "CPU"):
-    """The batched ``(image float32 (B,3,H,W), label int32 (B,max_length))`` dataset of a folder.
+def describe_synthetic(cfg, spec: CaptchaSpec) -> str:
+    """One line on the on-the-fly stream, e.g. ``on the fly: 50000 captchas per epoch, seed 1,
+    1-4 of '0123456789', 160x64, default style``."""
+    style = RenderStyle.from_config(cfg)
+    line = (f"on the fly: {cfg.synthetic_images} captchas per epoch, seed {cfg.seed}, {spec.describe()}, "
+            f"{style.describe()}")
+    if "fonts" in style.changes():
+        line += f" (fonts: {resolve_fonts(style, spec.charset)[1]})"
+    return line
 
-    ``cfg`` (a :class:`src.config.Config`) gives the batch size, seed and worker count; ``spec``
-    (default: the config's) what the captchas are. ``training`` shuffles with the seed and drops
-    the last partial batch; otherwise every image is kept, in order. Every file is validated up
-    front (label and image data) so a bad file fails here, naming it, not deep inside the
-    pipeline. With several shards each gets ``ceil(N / num_shards)`` samples (MindSpore's
-    distributed sampler repeats at most ``num_shards - 1`` so all ranks run the same steps).
+
+def create_dataset(dataset_path: Optional[str], cfg, spec: Optional[CaptchaSpec] = None, *, training: bool = True,
+                   num_shards: int = 1, shard_id: int = 0, platform: str = "CPU"):
+    """The batched ``(image float32 (B,3,H,W), label int32 (B,max_length))`` dataset of a folder, or,
+    with ``dataset_path`` None, of ``cfg.synthetic_images`` captchas per epoch rendered on the fly.
+
+    ``cfg`` (a :class:`src.config.Config`) gives the batch size, seed and worker count (and the
+    render style); ``spec`` (default: the config's) what the captchas are. For a folder,
+    ``training`` shuffles with the seed and drops the last partial batch; otherwise every image is
+    kept, in order. Every file is validated up front (label and image data) so a bad file fails
+    here, naming it, not deep inside the pipeline. With several shards each gets
+    ``ceil(N / num_shards)`` samples (MindSpore's distributed sampler repeats at most
+    ``num_shards - 1`` so all ranks run the same steps). On the fly, every epoch reads new
+    samples (:class:`StreamSampler`): each shard ``synthetic_images // num_shards`` of them, in
+    whole batches when training.
     """
     import mindspore.dataset as ds
 
@@ -194,6 +293,8 @@ def create_dataset(dataset_path: str, cfg, spec: Optional[CaptchaSpec] = None, *
     if num_shards <= 0 or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, num_shards), got shard_id={shard_id}, num_shards={num_shards}")
     workers = num_workers(cfg, platform, training)
+    if dataset_path is None:
+        return _synthetic_dataset(cfg, spec, training, num_shards, shard_id, workers)
     samples = list_samples(dataset_path, spec)
     source = CaptchaSource(samples, spec)
     check_images([path for path, _ in samples], workers=max(workers, 4))
@@ -204,6 +305,20 @@ def create_dataset(dataset_path: str, cfg, spec: Optional[CaptchaSpec] = None, *
     ds.config.set_seed(cfg.seed)
     return _pipeline(source, ["image", "label"], spec, cfg.batch_size, workers, drop_remainder=training,
                      shuffle=training, num_shards=num_shards, shard_id=shard_id)
+
+
+def _synthetic_dataset(cfg, spec: CaptchaSpec, training: bool, num_shards: int, shard_id: int, workers: int):
+    if cfg.synthetic_images <= 0:
+        raise ValueError("no dataset folder given and --synthetic_images is 0: give --dataset_path, or "
+                         "--synthetic_images N to train on N captchas per epoch rendered on the fly")
+    per_shard = cfg.synthetic_images // num_shards
+    per_epoch = per_shard - per_shard % cfg.batch_size if training else per_shard
+    if per_epoch <= 0:
+        raise ValueError(f"--synthetic_images {cfg.synthetic_images} gives {per_shard} per shard ({num_shards} "
+                         f"shard(s)), fewer than one batch of {cfg.batch_size}")
+    source = SyntheticSource(Renderer(spec, RenderStyle.from_config(cfg)), cfg.seed, per_epoch)
+    return _pipeline(source, ["image", "label"], spec, cfg.batch_size, workers, drop_remainder=training,
+                     sampler=StreamSampler(per_epoch, num_shards, shard_id))
 
 
 def load_batches(dataset_path: str, cfg, spec: CaptchaSpec, limit: int = 0, platform: str = "CPU") -> Tuple[list, int]:

@@ -36,8 +36,12 @@ def write_manifest(folder: str, info: Dict[str, Any]) -> str:
     if missing:
         raise ValueError(f"manifest for {folder}: missing {', '.join(missing)}")
     path = os.path.join(folder, MANIFEST_NAME)
+    data = {name: info[name] for name in FIELDS}
+    if info.get("style"):
+        # Only a non-default style is written, so default splits keep the manifest they always had.
+        data["style"] = dict(info["style"])
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump({name: info[name] for name in FIELDS}, handle, indent=1)
+        json.dump(data, handle, indent=1)
         handle.write("\n")
     return path
 
@@ -64,6 +68,9 @@ def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"{path}: damaged dataset manifest ({name!r} missing or not {kind.__name__}); "
                              f"delete it or re-render the split")
+    if not isinstance(data.get("style", {}), dict):
+        raise ValueError(f"{path}: damaged dataset manifest ('style' is not an object); "
+                         f"delete it or re-render the split")
     return data
 
 
@@ -77,6 +84,8 @@ def describe_split(folder: str) -> Optional[str]:
     line = (f"{folder}: {info['count']} images, seed {info['seed']}, {info['width']}x{info['height']}, "
             f"{info['min_length']}-{info['max_length']} chars of {info['alphabet']}, "
             f"captcha {info['captcha_version']}")
+    if info.get("style"):
+        line += ", style: " + ", ".join(f"{k}={v}" for k, v in sorted(info["style"].items()))
     present = sum(1 for name in os.listdir(folder) if name.lower().endswith(".png"))
     if present != info["count"]:
         line += f" (but the folder now holds {present} .png files)"
@@ -93,6 +102,8 @@ def check_compatible(train_dir: str, test_dir: str) -> Optional[str]:
     if train is None or test is None:
         return None
     differ = [f"{name} {train[name]} vs {test[name]}" for name in IMAGE_FIELDS if train[name] != test[name]]
+    if train.get("style", {}) != test.get("style", {}):
+        differ.append(f"style {train.get('style') or 'default'} vs {test.get('style') or 'default'}")
     if not differ:
         return None
     return f"{train_dir} and {test_dir} were rendered differently: {', '.join(differ)}"

@@ -124,3 +124,18 @@ def test_json_round_trip_and_damage():
     assert CaptchaSpec.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match="ckpt: damaged captcha spec"):
         CaptchaSpec.from_json('{"charset": "ab"}', source="ckpt")
+
+
+def test_normalization_round_trips_and_a_spec_written_before_it_reads_fixed():
+    spec = CaptchaSpec(charset=ALNUM, normalization="per_image")
+    assert CaptchaSpec.from_json(spec.to_json()) == spec
+    assert CaptchaSpec.from_json(CaptchaSpec().to_json()).normalization == "fixed"
+    # What checkpoints saved before the option existed hold, e.g. the alphanumeric release's record.
+    older = '{"charset": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", "height": 64, "max_length": 4, "width": 160}'
+    assert CaptchaSpec.from_json(older) == CaptchaSpec(charset=ALNUM, normalization="fixed")
+    assert spec.describe() == f"1-4 of {ALNUM!r}, 160x64, per_image normalisation"
+    with pytest.raises(ValueError, match="--normalization must be one of fixed, per_image, got 'zscore'"):
+        CaptchaSpec(normalization="zscore")
+    with pytest.raises(ValueError, match="ckpt: damaged captcha spec"):
+        CaptchaSpec.from_json('{"charset": "ab", "max_length": 4, "width": 160, "height": 64, '
+                              '"normalization": "zscore"}', source="ckpt")

@@ -1,11 +1,13 @@
 """src/config.py: defaults of the original, YAML and command-line overrides."""
 import argparse
 import os
+import re
 
 import pytest
 
 from src.captcha_spec import CaptchaSpec
 from src.config import Config, add_config_arguments, config_from_args
+from src.render import RenderStyle
 
 
 def parse(argv):
@@ -178,3 +180,28 @@ def test_a_script_can_offer_only_some_fields_and_still_read_a_full_config_file(t
     cfg = config_from_args(args)
     assert (cfg.charset, cfg.batch_size, cfg.seed) == ("ABC", 8, 5)
     assert args.train_steps == 2 and cfg.train_steps == Config().train_steps
+
+
+def test_normalization_and_the_on_the_fly_options_default_to_the_original_data():
+    cfg = parse([])
+    assert (cfg.normalization, cfg.synthetic_images) == ("fixed", 0)
+    assert RenderStyle.from_config(cfg) == RenderStyle()           # captcha's own drawing
+    cfg = parse(["--normalization", "per_image", "--synthetic_images", "5000", "--fonts", "captcha,system",
+                 "--font_sizes", "30,40", "--text_colors", "0-100", "--image_blur", "1.5", "--noise_dots", "0"])
+    assert CaptchaSpec.from_config(cfg).normalization == "per_image" and cfg.synthetic_images == 5000
+    style = RenderStyle.from_config(cfg)
+    assert (style.fonts, style.font_sizes, style.text_colors, style.image_blur, style.noise_dots) == \
+        (("captcha", "system"), (30, 40), (0, 100), 1.5, 0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--normalization", "zscore"], "--normalization must be one of fixed, per_image, got 'zscore'"),
+    (["--synthetic_images", "-1"], "--synthetic_images must be >= 0, got -1"),
+    (["--noise_curves", "-2"], "--noise_curves must be in [0, 20], got -2"),
+    (["--background_colors", "dark"], "--background_colors must be LOW-HIGH with 0 <= LOW <= HIGH <= 255"),
+    (["--fonts", " , "], "--fonts is empty"),
+])
+def test_bad_normalization_and_style_values_are_one_line_errors(argv, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        parse(argv)
+    assert "\n" not in str(info.value)

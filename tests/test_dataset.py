@@ -261,3 +261,26 @@ def test_other_alphabets_are_coded_by_the_spec(tmp_path):
     _, label = next(data(folder, charset=HEX.charset, batch_size=3).create_tuple_iterator(output_numpy=True))
     assert label.tolist() == [[15, 16, 16, 16], [10, 0, 16, 16], [11, 14, 14, 15]]
     assert [HEX.decode(r) for r in label] == ["F", "A0", "BEEF"]
+
+
+def test_per_image_normalisation_standardises_each_channel_of_each_image(data_root, tmp_path):
+    dataset = data(data_root / "test", batch_size=8, normalization="per_image")
+    image, _ = next(dataset.create_tuple_iterator(output_numpy=True))
+    for index, name in enumerate(sorted(n for n in os.listdir(data_root / "test") if n.endswith(".png"))[:8]):
+        with Image.open(data_root / "test" / name) as handle:
+            bgr = np.asarray(handle.convert("RGB"), dtype=np.float64)[:, :, ::-1] / 255.0
+        expected = (bgr - bgr.mean(axis=(0, 1))) / bgr.std(axis=(0, 1))
+        np.testing.assert_allclose(image[index], expected.transpose(2, 0, 1), atol=1e-4)
+    # Brightness and contrast a training set never had make no difference, unlike with the fixed statistics.
+    folder = tmp_path / "shifted"
+    folder.mkdir()
+    first = sorted(n for n in os.listdir(data_root / "test") if n.endswith(".png"))[0]
+    with Image.open(data_root / "test" / first) as handle:
+        rgb = np.asarray(handle.convert("RGB"), dtype=np.float64)
+    Image.fromarray(rgb.astype(np.uint8)).save(folder / "0-1.png")
+    Image.fromarray((rgb * 0.5 + 40).astype(np.uint8)).save(folder / "1-1.png")
+    Image.fromarray(np.full((64, 160, 3), 200, np.uint8)).save(folder / "2-1.png")      # one colour: zeros
+    per_image = next(data(folder, batch_size=3, normalization="per_image").create_tuple_iterator(output_numpy=True))[0]
+    fixed = next(data(folder, batch_size=3).create_tuple_iterator(output_numpy=True))[0]
+    assert np.abs(per_image[0] - per_image[1]).max() < 0.1 < np.abs(fixed[0] - fixed[1]).max()
+    assert not per_image[2].any()

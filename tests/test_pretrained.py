@@ -1,7 +1,10 @@
-"""The released model: pretrained/warpctc.ckpt reads captchas it has never seen."""
+"""The released models: pretrained/warpctc.ckpt (digits) and pretrained/warpctc_alnum.ckpt (digits + A-Z)
+read captchas they have never seen."""
 import hashlib
 import os
 import re
+
+import pytest
 
 import process_data
 from src.captcha_spec import CaptchaSpec
@@ -10,18 +13,21 @@ from src.metric import edit_distance
 from conftest import REPO, run_bash, run_py
 
 CKPT = os.path.join(REPO, "pretrained", "warpctc.ckpt")
+ALNUM = os.path.join(REPO, "pretrained", "warpctc_alnum.ckpt")
 
 
-def readme_sha256():
+def readme_sha256(name):
+    """The SHA-256 the README states for ``pretrained/<name>``."""
     text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    match = re.search(r"SHA-256[^`]*`([0-9a-f]{64})`", text)
-    assert match, "README.md must state the released checkpoint's SHA-256"
+    match = re.search(rf"`pretrained/{re.escape(name)}`[^`]*SHA-256[^`]*`([0-9a-f]{{64}})`", text)
+    assert match, f"README.md must state the SHA-256 of pretrained/{name}"
     return match.group(1)
 
 
-def test_released_checkpoint_matches_the_readme_hash():
-    with open(CKPT, "rb") as handle:
-        assert hashlib.sha256(handle.read()).hexdigest() == readme_sha256()
+@pytest.mark.parametrize("path", [CKPT, ALNUM])
+def test_released_checkpoints_match_the_readme_hash(path):
+    with open(path, "rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == readme_sha256(os.path.basename(path))
 
 
 def test_released_checkpoint_reaches_99_percent_on_the_default_test_set(tmp_path):
@@ -61,3 +67,18 @@ def test_demo_script_arguments():
     assert proc.returncode == 2 and proc.stderr.startswith("Usage: bash run_demo.sh [CHECKPOINT_PATH]")
     proc = run_bash([os.path.join(REPO, "scripts", "run_demo.sh"), "/nonexistent.ckpt"])
     assert proc.returncode == 2 and proc.stderr.strip() == "run_demo.sh: error: /nonexistent.ckpt: no such file"
+
+
+def test_alphanumeric_release_reads_fresh_letters_and_digits_with_no_other_flag(tmp_path):
+    # digits + A-Z, rendered with a seed no training or test set used; the checkpoint says what it reads
+    count = 1000
+    spec = CaptchaSpec(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    process_data.render_split(str(tmp_path / "fresh"), count, spec=spec, seed=20261127, split="fresh", workers=2,
+                              progress=False)
+    proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ALNUM, tmp_path / "fresh", "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reads = [(text, parse_label(path, spec)) for path, text, _ in (line.split("\t") for line in proc.stdout.splitlines())]
+    assert len(reads) == count
+    assert any(c.isalpha() for text, _ in reads for c in text)
+    accuracy = sum(text == label for text, label in reads) / count
+    assert accuracy >= ALNUM_FLOOR, accuracy

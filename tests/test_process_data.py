@@ -18,6 +18,7 @@ import process_data
 from src.captcha_spec import CaptchaSpec
 from src.dataset import list_samples, parse_label
 from src.manifest import check_compatible, describe_split, read_manifest
+from src.render import undrawable_characters
 from conftest import REPO, remount_ro, run_py, running, snapshot
 
 PROCESS_DATA = os.path.join(REPO, "process_data.py")
@@ -125,9 +126,9 @@ def test_captcha_draws_digits_and_both_cases_of_letters():
         # pastes with the colour's own brightness as the mask, so black would draw nothing.)
         image = generator.create_captcha_image(char, color=(128, 128, 128), background=(255, 255, 255))
         assert (np.asarray(image.convert("L")) < 200).sum() > 30, f"{char!r} is drawn blank"
-    # Drawn, and not as the missing-glyph box every font has: the check process_data.py runs.
-    assert process_data.undrawable_characters(MIXED, generator.truefonts) == []
-    assert process_data.undrawable_characters("A\u4e2dB", generator.truefonts) == ["\u4e2d"]
+    # Drawn, and not as the missing-glyph box every font has: the check the renderer runs.
+    assert undrawable_characters(MIXED, generator.truefonts) == []
+    assert undrawable_characters("A\u4e2dB", generator.truefonts) == ["\u4e2d"]
 
 
 def test_a_split_of_another_alphabet_is_replaced_but_user_images_are_not(tmp_path):
@@ -318,3 +319,15 @@ def test_terminated_run_removes_its_staging_folder_and_keeps_the_old_split(tmp_p
     assert stderr.strip() == ("process_data.py: error: interrupted by SIGTERM; the split being rendered was not "
                               "written, earlier ones are complete")
     assert sorted(os.listdir(out)) == ["train"] and snapshot(out / "train") == before
+
+
+def test_a_styled_split_says_so_in_its_manifest(tmp_path):
+    for name, extra in (("plain", []), ("blurred", ["--image_blur", "1.5"])):
+        proc = run_py([os.path.join(REPO, "process_data.py"), "--output_dir", tmp_path / name, "--splits", "test",
+                       "--test_count", "3", "--quiet", *extra])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "style" not in read_manifest(str(tmp_path / "plain" / "test"))      # default splits: as before
+    assert read_manifest(str(tmp_path / "blurred" / "test"))["style"] == {"image_blur": 1.5}
+    assert describe_split(str(tmp_path / "blurred" / "test")).endswith(", style: image_blur=1.5")
+    warning = check_compatible(str(tmp_path / "plain" / "test"), str(tmp_path / "blurred" / "test"))
+    assert warning.endswith("style default vs {'image_blur': 1.5}")

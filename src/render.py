@@ -1,0 +1,387 @@
+"""The one captcha renderer: ``(label, per-image seed, style) -> image``.
+
+``process_data.py`` (PNG files) and the on-the-fly training stream (``src/dataset.py``) both
+call :meth:`Renderer.render`, so the same label and seed give the same pixels either way.
+Images are drawn with the ``captcha`` package (``ImageCaptcha``); it takes every random
+choice from Python's unseedable ``secrets`` module, so the renderer swaps in a stand-in that
+draws from the calling thread's seeded generator. With the default :class:`RenderStyle`
+an image is exactly what ``ImageCaptcha.generate_image`` draws (and what every earlier
+release rendered); each style option changes that and is off by default.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import secrets
+import threading
+from dataclasses import dataclass, fields
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL.ImageFont import FreeTypeFont, truetype
+
+from src.captcha_spec import CaptchaSpec
+
+MIN_LENGTH = 1                 # labels have MIN_LENGTH..max_length characters, as the spec reads them
+FONT_EXTENSIONS = (".ttf", ".otf", ".ttc")
+# Where `fonts: system` looks (Linux, macOS, Windows), as fontconfig and the OSes install them.
+SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "~/.local/share/fonts",
+                    "/Library/Fonts", "/System/Library/Fonts", "~/Library/Fonts", r"C:\Windows\Fonts")
+# The least luminance difference between text and background: captcha's own worst case
+# (background >= 238, text <= 200), so its default draws are never redrawn.
+MIN_CONTRAST = 38
+_CONTRAST_TRIES = 50
+# A code point no font draws: what a font renders for a character it lacks (its .notdef glyph).
+_NO_GLYPH = "\U0010FFFF"
+
+
+class _ThreadSeededSecrets:
+    """Stand-in for the ``secrets`` module that ``captcha`` draws from.
+
+    While a thread renders (see :func:`_seeded`), its draws come from that thread's seeded
+    ``random.Random``; any other use of ``captcha`` gets the real ``secrets``. Per thread, so
+    dataset worker threads can render at the same time.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def _rng(self) -> Optional[random.Random]:
+        return getattr(self._local, "rng", None)
+
+    def randbelow(self, n: int) -> int:
+        rng = self._rng()
+        return rng.randrange(n) if rng is not None else secrets.randbelow(n)
+
+    def randbits(self, k: int) -> int:
+        rng = self._rng()
+        return rng.getrandbits(k) if rng is not None else secrets.randbits(k)
+
+    def choice(self, seq):
+        rng = self._rng()
+        return rng.choice(seq) if rng is not None else secrets.choice(seq)
+
+
+_SECRETS = _ThreadSeededSecrets()
+
+
+@contextlib.contextmanager
+def _seeded(rng: random.Random) -> Iterator[None]:
+    """Inside the block, ``captcha``'s draws in this thread come from ``rng``."""
+    import captcha.image
+
+    captcha.image.secrets = _SECRETS      # idempotent; falls back to the real secrets outside renders
+    _SECRETS._local.rng = rng
+    try:
+        yield
+    finally:
+        _SECRETS._local.rng = None
+
+
+def sample_label(rng: random.Random, spec: CaptchaSpec) -> str:
+    """A label of MIN_LENGTH..max_length characters of the alphabet, length and characters uniform."""
+    length = rng.randint(MIN_LENGTH, spec.max_length)
+    # One randrange per character: for the digits these are the draws every earlier release made,
+    # so the same seed still gives the same labels and images.
+    return "".join(spec.charset[rng.randrange(len(spec.charset))] for _ in range(length))
+
+
+# -- style -----------------------------------------------------------------------------------------
+
+def _parse_range(text: str, name: str) -> Tuple[int, int]:
+    """``"10-200"`` (or ``"128"``) -> ``(10, 200)``: a range of 0-255 channel values."""
+    parts = text.strip().split("-")
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or not 0 <= low <= high <= 255:
+        raise ValueError(f"--{name} must be LOW-HIGH with 0 <= LOW <= HIGH <= 255 (channel values), got {text!r}")
+    return low, high
+
+
+def _parse_sizes(text: str) -> Tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"--font_sizes must be comma-separated positive pixel sizes, e.g. 42,50,56, got {text!r}")
+    return sizes
+
+
+# The numeric style options (Config and RenderStyle share the names): their allowed [low, high].
+_LIMITS = {"noise_dots": (0, 1000), "noise_curves": (0, 20), "char_rotation": (0, 180), "char_warp": (0, 5),
+           "image_rotation": (0, 180), "image_shear": (0, 1), "image_wave": (0, 32), "image_blur": (0, 10),
+           "color_jitter": (0, 0.9)}
+
+
+@dataclass(frozen=True)
+class RenderStyle:
+    """How captchas look beyond the spec. The defaults are ``captcha``'s own drawing.
+
+    ``fonts``: ``captcha`` (the font the package ships), ``system`` (the TrueType/OpenType fonts
+    installed on this machine that draw the whole alphabet), font files or folders of them.
+    Colours are per-channel ranges; the text colour is redrawn (up to 50 times) until it differs
+    from the background by at least MIN_CONTRAST grey levels. ``char_*`` scale ``captcha``'s per-character transforms;
+    ``image_*`` and ``color_jitter`` are whole-image augmentations drawn from the same seed (0 = off).
+    """
+
+    fonts: Tuple[str, ...] = ("captcha",)
+    font_sizes: Tuple[int, ...] = (42, 50, 56)
+    text_colors: Tuple[int, int] = (10, 200)
+    background_colors: Tuple[int, int] = (238, 255)
+    noise_dots: int = 30
+    noise_curves: int = 1
+    char_rotation: float = 30.0
+    char_warp: float = 1.0
+    image_rotation: float = 0.0
+    image_shear: float = 0.0
+    image_wave: float = 0.0
+    image_blur: float = 0.0
+    color_jitter: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "RenderStyle":
+        """The style of a :class:`src.config.Config`; ValueError naming the option for a bad value.
+
+        Only the values are checked here; font files are opened by :class:`Renderer`.
+        """
+        fonts = tuple(part.strip() for part in cfg.fonts.split(",") if part.strip())
+        if not fonts:
+            raise ValueError("--fonts is empty: give captcha, system, or font files/folders (comma-separated)")
+        for name, (low, high) in _LIMITS.items():
+            value = getattr(cfg, name)
+            if not low <= value <= high:
+                raise ValueError(f"--{name} must be in [{low}, {high}], got {value}")
+        style = cls(fonts=fonts, font_sizes=_parse_sizes(cfg.font_sizes),
+                    text_colors=_parse_range(cfg.text_colors, "text_colors"),
+                    background_colors=_parse_range(cfg.background_colors, "background_colors"),
+                    **{name: getattr(cfg, name) for name in _LIMITS})
+        (t_low, t_high), (b_low, b_high) = style.text_colors, style.background_colors
+        if max(b_high - t_low, t_high - b_low) < MIN_CONTRAST:
+            raise ValueError(f"--text_colors {cfg.text_colors} and --background_colors {cfg.background_colors} "
+                             f"leave no text {MIN_CONTRAST} grey levels away from its background")
+        return style
+
+    def changes(self) -> Dict[str, object]:
+        """The options that differ from the default, by Config name (empty for today's captchas)."""
+        default = RenderStyle()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    def describe(self) -> str:
+        """One line for logs: ``default style`` or ``style: fonts=system, image_blur=1.0``."""
+        changed = self.changes()
+        if not changed:
+            return "default style"
+        show = {k: ",".join(map(str, v)) if k in ("fonts", "font_sizes") else
+                "-".join(map(str, v)) if isinstance(v, tuple) else v for k, v in changed.items()}
+        return "style: " + ", ".join(f"{k}={v}" for k, v in show.items())
+
+
+STYLE_FIELDS = ("fonts", "font_sizes", "text_colors", "background_colors") + tuple(_LIMITS)
+"""The Config fields of the style, in the order of RenderStyle."""
+
+
+# -- fonts -----------------------------------------------------------------------------------------
+
+def system_font_files() -> List[str]:
+    """Every font file under the usual system font folders, sorted (the order fixes the draws)."""
+    found = []
+    for folder in SYSTEM_FONT_DIRS:
+        found += _font_files_in(os.path.expanduser(folder))
+    return sorted(set(found))
+
+
+def _font_files_in(folder: str) -> List[str]:
+    found = []
+    for root, _, names in os.walk(folder):
+        found += [os.path.join(root, n) for n in names if os.path.splitext(n)[1].lower() in FONT_EXTENSIONS]
+    return sorted(found)
+
+
+def _glyph(font: FreeTypeFont, char: str) -> Image.Image:
+    canvas = Image.new("L", (2 * font.size, 2 * font.size))
+    ImageDraw.Draw(canvas).text((font.size // 2, 0), char, font=font, fill=255)
+    return canvas
+
+
+def undrawable_characters(charset: str, fonts: Sequence[FreeTypeFont]) -> List[str]:
+    """The characters of ``charset`` that one of ``fonts`` draws as nothing or as its missing-glyph box."""
+    missing = []
+    for font in fonts:
+        no_glyph = _glyph(font, _NO_GLYPH).tobytes()
+        for char in charset:
+            glyph = _glyph(font, char)
+            if char not in missing and (glyph.getbbox() is None or glyph.tobytes() == no_glyph):
+                missing.append(char)
+    return missing
+
+
+def resolve_fonts(style: RenderStyle, charset: str) -> Tuple[List[str], str]:
+    """``(font files, description)`` of ``style.fonts``; ValueError naming a font that cannot serve.
+
+    ``captcha`` is the package's own font; ``system`` the installed fonts that draw every
+    character of ``charset`` (the others are left out, and the description says how many); any
+    other entry is a font file or a folder of them, which must load and draw the whole alphabet.
+    """
+    from captcha.image import DEFAULT_FONTS
+
+    files, notes = [], []
+    for entry in style.fonts:
+        if entry == "captcha":
+            fonts = [truetype(name, size) for name in DEFAULT_FONTS for size in style.font_sizes]
+            missing = undrawable_characters(charset, fonts)
+            if missing:
+                raise ValueError(f"--charset {charset!r}: the captcha package's fonts cannot draw "
+                                 f"{''.join(missing)!r}")
+            files += DEFAULT_FONTS
+            continue
+        if entry == "system":
+            candidates = system_font_files()
+            usable = [path for path in candidates if _draws(path, charset, style.font_sizes[0])]
+            if not candidates:
+                raise ValueError(f"--fonts system: no font files in {', '.join(SYSTEM_FONT_DIRS)}")
+            if not usable:
+                raise ValueError(f"--fonts system: none of the {len(candidates)} installed fonts draws every "
+                                 f"character of {charset!r}")
+            notes.append(f"system: {len(usable)} of {len(candidates)} fonts (the others lack characters of the "
+                         "alphabet)" if len(usable) < len(candidates) else f"system: {len(usable)} fonts")
+            files += usable
+            continue
+        path = os.path.expanduser(entry)
+        if not os.path.exists(path):
+            raise ValueError(f"--fonts {entry}: no such font file or folder")
+        listed = _font_files_in(path) if os.path.isdir(path) else [path]
+        if not listed:
+            raise ValueError(f"--fonts {entry}: folder holds no {'/'.join(FONT_EXTENSIONS)} files")
+        for font_file in listed:
+            try:
+                font = truetype(font_file, style.font_sizes[0])
+            except OSError as err:
+                raise ValueError(f"--fonts {font_file}: not a readable font ({err})") from None
+            missing = undrawable_characters(charset, [font])
+            if missing:
+                raise ValueError(f"--fonts {font_file}: cannot draw {''.join(missing)!r} of --charset {charset!r}")
+        files += listed
+        notes.append(f"{entry}: {len(listed)} font(s)")
+    return list(dict.fromkeys(files)), "; ".join(notes)
+
+
+def _draws(path: str, charset: str, size: int) -> bool:
+    try:
+        return not undrawable_characters(charset, [truetype(path, size)])
+    except OSError:
+        return False
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+def _luminance(color: Sequence[int]) -> float:
+    return 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+
+
+class Renderer:
+    """Draws captchas of one spec and style; any thread may call :meth:`render`. Picklable (the
+    fonts are loaded again where it is unpickled).
+
+    Building one opens the fonts and checks that they draw the whole alphabet (ValueError
+    otherwise), so a bad style fails before the first image.
+    """
+
+    def __init__(self, spec: CaptchaSpec, style: RenderStyle = RenderStyle()):
+        self.spec = spec
+        self.style = style
+        self.font_files, _ = resolve_fonts(style, spec.charset)
+        self._local = threading.local()
+
+    def __getstate__(self):
+        return {name: value for name, value in self.__dict__.items() if name != "_local"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _local=threading.local())
+
+    @property
+    def generator(self):
+        """The ``ImageCaptcha`` of this spec and style, built on first use in each thread (FreeType
+        font objects are not to be shared by threads drawing at the same time)."""
+        if getattr(self._local, "generator", None) is None:
+            from captcha.image import ImageCaptcha
+
+            generator = ImageCaptcha(width=self.spec.width, height=self.spec.height, fonts=self.font_files,
+                                     font_sizes=self.style.font_sizes)
+            default = RenderStyle()
+            # Instance attributes shadow captcha's class defaults only when changed, so that the
+            # default draws stay bit for bit what captcha computes.
+            if self.style.char_rotation != default.char_rotation:
+                generator.character_rotate = (-self.style.char_rotation, self.style.char_rotation)
+            if self.style.char_warp != default.char_warp:
+                scale = self.style.char_warp
+                generator.character_warp_dx = tuple(v * scale for v in generator.character_warp_dx)
+                generator.character_warp_dy = tuple(v * scale for v in generator.character_warp_dy)
+            self._local.generator = generator
+        return self._local.generator
+
+    def render(self, label: str, image_seed: str) -> Image.Image:
+        """The RGB captcha of ``label``, every random choice drawn from ``random.Random(image_seed)``."""
+        from captcha.image import random_color
+
+        style, generator = self.style, self.generator
+        rng = random.Random(image_seed)
+        with _seeded(rng):
+            # ImageCaptcha.generate_image, step by step, with the style's amounts.
+            background = random_color(*style.background_colors)
+            color = random_color(*style.text_colors, _SECRETS.randbelow(36) + 220)
+            for _ in range(_CONTRAST_TRIES):
+                if abs(_luminance(color) - _luminance(background)) >= MIN_CONTRAST:
+                    break
+                color = random_color(*style.text_colors, _SECRETS.randbelow(36) + 220)
+            image = generator.create_captcha_image(label, color, background)
+            generator.create_noise_dots(image, color, number=style.noise_dots)
+            for _ in range(style.noise_curves):
+                generator.create_noise_curve(image, color)
+            image = image.filter(ImageFilter.SMOOTH)
+        return self._augment(image, rng, background)
+
+    def _augment(self, image: Image.Image, rng: random.Random, background: Tuple[int, ...]) -> Image.Image:
+        """Whole-image augmentations, each drawing from ``rng`` only when on (defaults draw nothing)."""
+        style = self.style
+        fill = tuple(background[:3])
+        if style.image_rotation:
+            image = image.rotate(rng.uniform(-style.image_rotation, style.image_rotation),
+                                 resample=Image.Resampling.BILINEAR, fillcolor=fill)
+        if style.image_shear:
+            shear = rng.uniform(-style.image_shear, style.image_shear)
+            image = image.transform(image.size, Image.Transform.AFFINE,
+                                    (1, shear, -shear * image.height / 2, 0, 1, 0),
+                                    resample=Image.Resampling.BILINEAR, fillcolor=fill)
+        if style.image_wave:
+            image = _wave(image, rng.uniform(style.image_wave / 2, style.image_wave),
+                          rng.uniform(image.width / 4, image.width), rng.uniform(0, 2 * math.pi), fill)
+        if style.image_blur:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, style.image_blur)))
+        if style.color_jitter:
+            jitter = style.color_jitter
+            image = ImageEnhance.Brightness(image).enhance(rng.uniform(1 - jitter, 1 + jitter))
+            image = ImageEnhance.Contrast(image).enhance(rng.uniform(1 - jitter, 1 + jitter))
+        return image
+
+    def render_bgr(self, label: str, image_seed: str) -> np.ndarray:
+        """:meth:`render` as the dataset reads an image: uint8 HWC in BGR order."""
+        return np.ascontiguousarray(np.asarray(self.render(label, image_seed))[:, :, ::-1])
+
+
+def _wave(image: Image.Image, amplitude: float, period: float, phase: float, fill: Tuple[int, ...]) -> Image.Image:
+    """Shift each pixel column vertically by ``amplitude * sin(2 pi x / period + phase)`` pixels."""
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    shift = np.rint(amplitude * np.sin(2 * np.pi * np.arange(width) / period + phase)).astype(int)
+    rows = np.arange(height)[:, None] - shift[None, :]
+    inside = (rows >= 0) & (rows < height)
+    out = pixels[np.clip(rows, 0, height - 1), np.arange(width)[None, :]]
+    out[~inside] = fill
+    return Image.fromarray(out)

@@ -65,6 +65,10 @@ def test_recipe_options_are_validated():
         parse(["--train_steps", "-5"])
 
 
+SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
+                  "alnum.yaml", "alnum_finetune.yaml"])
+
+
 @pytest.mark.parametrize("name, expected", [
     ("original.yaml", dict(optimizer="sgd", learning_rate=0.01, lr_schedule="step", epoch_size=30, forget_bias=0.0)),
     ("cpu_fast.yaml", dict(optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
@@ -74,9 +78,15 @@ def test_recipe_options_are_validated():
                           epoch_size=5, train_steps=0, forget_bias=1.0)),
     ("cpu_finetune.yaml", dict(optimizer="adam", learning_rate=0.0005, lr_schedule="cosine", warmup_steps=100,
                                epoch_size=2, train_steps=0)),
-    ("alnum.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", max_captcha_digits=4, optimizer="adam")),
+    ("alnum.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", max_captcha_digits=4, optimizer="adam",
+                        learning_rate=0.001, lr_schedule="cosine", warmup_steps=100, train_steps=1600)),
+    ("alnum_finetune.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", optimizer="adam",
+                                 learning_rate=0.0005, lr_schedule="cosine", warmup_steps=100, epoch_size=3,
+                                 train_steps=0)),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):
+    assert sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
+                  if n.endswith(".yaml")) == SHIPPED
     path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
     cfg = parse(["--config_path", path])
     assert {key: getattr(cfg, key) for key in expected} == expected

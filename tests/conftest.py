@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,3 +107,25 @@ def running(pid):
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def ctc_reference(log_probs, label, blank):
+    """Negative log-likelihood of ``label`` under (T, C) log-probabilities: the plain CTC forward algorithm,
+    one state at a time, written independently of the code under test."""
+    ext = [blank]
+    for c in label:
+        ext += [c, blank]
+    T, S = log_probs.shape[0], len(ext)
+    alpha = np.full((T, S), -np.inf)
+    alpha[0, 0] = log_probs[0, blank]
+    if S > 1:
+        alpha[0, 1] = log_probs[0, ext[1]]
+    for t in range(1, T):
+        for s in range(S):
+            terms = [alpha[t - 1, s]]
+            if s > 0:
+                terms.append(alpha[t - 1, s - 1])
+            if s > 1 and ext[s] != blank and ext[s] != ext[s - 2]:
+                terms.append(alpha[t - 1, s - 2])
+            alpha[t, s] = np.logaddexp.reduce(terms) + log_probs[t, ext[s]]
+    return -np.logaddexp(alpha[-1, -1], alpha[-1, -2] if S > 1 else -np.inf)

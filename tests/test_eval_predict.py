@@ -19,7 +19,7 @@ import process_data
 from src.checkpoint import load_network
 from src.config import Config
 from src.metric import edit_distance
-from conftest import REPO, last_error_line, run_bash, run_py
+from conftest import REPO, ctc_reference, last_error_line, run_bash, run_py
 
 EVAL, PREDICT, EXPORT = (os.path.join(REPO, n) for n in ("eval.py", "predict.py", "export.py"))
 RELEASED = os.path.join(REPO, "pretrained", "warpctc.ckpt")
@@ -63,27 +63,6 @@ def reference_inputs(paths, captcha_height=64, captcha_width=160):
     return ms.Tensor(np.stack(images).astype(np.float32))
 
 
-def text_probability(log_probs, label):
-    """P(label) under (T, C) log-probabilities: the CTC forward algorithm, one state at a time."""
-    ext = [BLANK_CLASS]
-    for c in label:
-        ext += [c, BLANK_CLASS]
-    alpha = np.full(len(ext), -np.inf)
-    alpha[0] = log_probs[0, ext[0]]
-    if len(ext) > 1:
-        alpha[1] = log_probs[0, ext[1]]
-    for t in range(1, len(log_probs)):
-        previous = alpha.copy()
-        for s in range(len(ext)):
-            total = previous[s]
-            if s > 0:
-                total = np.logaddexp(total, previous[s - 1])
-            if s > 1 and ext[s] != BLANK_CLASS and ext[s] != ext[s - 2]:
-                total = np.logaddexp(total, previous[s - 2])
-            alpha[s] = total + log_probs[t, ext[s]]
-    return float(np.exp(np.logaddexp(alpha[-1], alpha[-2]) if len(ext) > 1 else alpha[-1]))
-
-
 def independent_decode(logits):
     """Greedy CTC decoding, step by step, plus the probability of the decoded text."""
     out = []
@@ -97,7 +76,7 @@ def independent_decode(logits):
             prev = c
         log_probs = steps - steps.max(axis=1, keepdims=True)
         log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
-        out.append(("".join(str(c) for c in digits), text_probability(log_probs, digits)))
+        out.append(("".join(str(c) for c in digits), float(np.exp(-ctc_reference(log_probs, digits, BLANK_CLASS)))))
     return out
 
 

@@ -10,6 +10,7 @@ from src.loss import CTCLoss
 from src.lr_schedule import get_lr
 from src.warpctc import StackedRNN, create_warpctc, shift_forget_bias
 from src.warpctc_for_train import TrainOneStepCellWithGradClip
+from conftest import ctc_reference
 
 DIGITS = CaptchaSpec()
 BLANK, NUM_CLASSES, encode_label = DIGITS.blank, DIGITS.num_classes, DIGITS.encode
@@ -93,27 +94,6 @@ def test_ascend_variant_runs_lstm_in_float16_with_float32_dense():
     assert 1e-6 < diff < 1e-2
 
 
-def ctc_reference(log_probs, label, blank=BLANK):
-    """Negative log-likelihood of ``label`` under (T, C) log-probabilities, plain forward algorithm."""
-    ext = [blank]
-    for c in label:
-        ext += [c, blank]
-    T, S = log_probs.shape[0], len(ext)
-    alpha = np.full((T, S), -np.inf)
-    alpha[0, 0] = log_probs[0, blank]
-    if S > 1:
-        alpha[0, 1] = log_probs[0, ext[1]]
-    for t in range(1, T):
-        for s in range(S):
-            terms = [alpha[t - 1, s]]
-            if s > 0:
-                terms.append(alpha[t - 1, s - 1])
-            if s > 1 and ext[s] != blank and ext[s] != ext[s - 2]:
-                terms.append(alpha[t - 1, s - 2])
-            alpha[t, s] = np.logaddexp.reduce(terms) + log_probs[t, ext[s]]
-    return -np.logaddexp(alpha[-1, -1], alpha[-1, -2] if S > 1 else -np.inf)
-
-
 def test_ctc_loss_equals_numpy_forward_algorithm():
     T, labels = 12, ["7", "11", "305", "9999"]     # repeats need a blank between them
     logits = np.random.default_rng(4).standard_normal((T, len(labels), NUM_CLASSES)).astype(np.float32)
@@ -121,7 +101,7 @@ def test_ctc_loss_equals_numpy_forward_algorithm():
     loss = CTCLoss(CaptchaSpec(width=T), batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    expected = np.mean([ctc_reference(log_probs[:, i], [int(c) for c in s]) for i, s in enumerate(labels)])
+    expected = np.mean([ctc_reference(log_probs[:, i], [int(c) for c in s], BLANK) for i, s in enumerate(labels)])
     np.testing.assert_allclose(float(loss.asnumpy()), expected, rtol=1e-4)
 
 

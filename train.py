@@ -1,5 +1,5 @@
 """Train WarpCTC: ``python train.py --dataset_path data/train [--platform CPU] [options]``, or on captchas
-rendered on the fly: ``python train.py --synthetic_images 50000 [options]``."""
+rendered on the fly: ``python train.py --synthetic_images 50000 [options]``, or both mixed."""
 from __future__ import annotations
 
 if __name__ == "__main__":
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train the WarpCTC captcha recogniser.")
     parser.add_argument("--dataset_path", default=None,
                         help="labelled folder: <index>-<label>.png files, or images plus labels.tsv (required "
-                             "unless --synthetic_images renders the captchas on the fly)")
+                             "unless --synthetic_images renders the captchas on the fly; with both, each epoch "
+                             "mixes the folder and that many rendered captchas)")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--run_distribute", action="store_true",
                         help="data-parallel training; the process must be started by a launcher "
@@ -185,6 +186,17 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
             print("\n".join(dataset_report(args.eval_dataset_path)), flush=True)
     elif info.rank == 0:
         print("\n".join(dataset_report(args.dataset_path, args.eval_dataset_path)), flush=True)
+        if cfg.synthetic_images:
+            from src.dataset import describe_synthetic
+
+            print(f"mixed with: {describe_synthetic(cfg, spec)}", flush=True)
+        if cfg.augment_folder:
+            from src.render import AUGMENTATION_FIELDS, RenderStyle
+
+            changed = RenderStyle.from_config(cfg).changes()
+            shown = ", ".join(f"{name}={changed[name]}" for name in AUGMENTATION_FIELDS if name in changed)
+            print(f"folder images augmented: {shown or 'nothing (no image_* or color_jitter option is set)'}",
+                  flush=True)
     state.distributed, state.save_checkpoint = info.distributed, cfg.save_checkpoint
     ms.set_seed(cfg.seed)
     dataset, net, train_cell, steps_per_epoch, lr = build_training(cfg, info, args.dataset_path, spec)
@@ -261,9 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.init_checkpoint and args.resume_checkpoint:
             raise ValueError("--init_checkpoint starts a new training and --resume_checkpoint continues one: "
                              "give only one of them")
-        if args.dataset_path is not None and cfg.synthetic_images:
-            raise ValueError(f"--dataset_path {args.dataset_path} and --synthetic_images {cfg.synthetic_images}: "
-                             "give one of them (a labelled folder, or captchas rendered on the fly)")
+        if args.dataset_path is None and cfg.augment_folder:
+            raise ValueError("--augment_folder true augments the images of --dataset_path: give a folder")
         if args.dataset_path is None and not cfg.synthetic_images:
             raise ValueError("the following arguments are required: --dataset_path (or --synthetic_images N to "
                              "train on N captchas per epoch rendered on the fly)")

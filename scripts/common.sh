@@ -38,6 +38,24 @@ resolve_path() {
     die "$given: no such file"
 }
 
+# resolve_dataset GIVEN : a training launcher's DATASET_PATH: a folder (printed absolute), or "-"
+# for captchas rendered on the fly (then train.py's --synthetic_images N says how many per epoch).
+resolve_dataset() {
+    if [[ "$1" == "-" ]]; then
+        echo "-"
+        return 0
+    fi
+    resolve_path dir "$1"
+}
+
+# set_dataset_option DATASET : DATASET_OPTION, the array of train.py options for a resolved DATASET.
+set_dataset_option() {
+    DATASET_OPTION=()
+    if [[ "$1" != "-" ]]; then
+        DATASET_OPTION=(--dataset_path "$1")
+    fi
+}
+
 check_platform() {
     local p
     for p in $PLATFORMS; do
@@ -138,7 +156,7 @@ NODE_FLAGS=(--nodes --node_rank --master_addr --master_port --hostfile)
 # parse_rank_size_launch HOSTFILE_OK ARGS... : the command line of the RANK_SIZE launchers,
 # [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] [--nodes N --node_rank K --master_addr HOST]
 # [--master_port P] [--hostfile FILE (only where HOSTFILE_OK is 1)] [train.py options...]. Sets
-# RANK_SIZE_ARG, DATASET_PATH_ARG (absolute), DRY_RUN, FOREGROUND, the array TRAIN_OPTIONS and
+# RANK_SIZE_ARG, DATASET_PATH_ARG (absolute, or - for on the fly), DRY_RUN, FOREGROUND, the array TRAIN_OPTIONS and
 # the multi-node settings (see check_nodes); usage or a one-line error otherwise.
 parse_rank_size_launch() {
     local hostfile_ok="$1" usage_hostfile="" flag opt
@@ -151,7 +169,7 @@ parse_rank_size_launch() {
     fi
     RANK_SIZE_ARG="$1"
     check_rank_size "$RANK_SIZE_ARG"
-    DATASET_PATH_ARG="$(resolve_path dir "$2")"
+    DATASET_PATH_ARG="$(resolve_dataset "$2")"
     shift 2
     DRY_RUN=0
     FOREGROUND=0
@@ -391,8 +409,9 @@ msrun_train() {
     local platform="$1" rank_size="$2" dataset_path="$3" run_dir="$4" port status node first r where
     shift 4
     port="$(master_port)"
+    set_dataset_option "$dataset_path"
     local common=("--master_port=$port" "--log_dir=$run_dir/logs" --join=True
-                  "$MSRUN_PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" --platform "$platform"
+                  "$MSRUN_PYTHON" "$REPO_DIR/train.py" "${DATASET_OPTION[@]}" --platform "$platform"
                   --run_distribute --save_checkpoint_path "$run_dir/checkpoint" "$@")
     local nodes="${NODES:-1}" this="${NODE_RANK:-0}" local_ranks="${LOCAL_RANKS:-$rank_size}"
     local sched_host="${MASTER_IP:-127.0.0.1}"

@@ -3,6 +3,7 @@
 # this server, each with RANK_TABLE_FILE, RANK_SIZE, RANK_ID and DEVICE_ID exported, in its own
 # working folder with its own log. The device count is read from the table.
 # Usage: bash run_distribute_train.sh [RANK_TABLE_FILE] [DATASET_PATH] [--dry_run] [--foreground] [train.py options...]
+#   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
 #   --dry_run: print each rank's folder, environment and command; start nothing.
 #   --foreground: wait for every rank and fail if one fails; default: run in the background.
 #   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/distribute_train): rank_<rank>/train.log,
@@ -18,7 +19,8 @@ if [[ ! -e "$1" && ! -e "$SCRIPTS_DIR/$1" ]]; then
     die "rank table $1: does not exist"
 fi
 rank_table="$(resolve_path file "$1")"
-dataset_path="$(resolve_path dir "$2")"
+dataset_path="$(resolve_dataset "$2")"
+set_dataset_option "$dataset_path"
 shift 2
 parse_launcher_flags "$@"
 shift "$FLAG_COUNT"
@@ -53,7 +55,7 @@ for i in "${!ranks[@]}"; do
     rank_dir="$run_dir/rank_$rank"
     log="$rank_dir/train.log"
     launch=(env "RANK_TABLE_FILE=$rank_table" "RANK_SIZE=$rank_size" "RANK_ID=$rank" "DEVICE_ID=${devices[$i]}"
-            "$PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" --platform Ascend --run_distribute
+            "$PYTHON" "$REPO_DIR/train.py" "${DATASET_OPTION[@]}" --platform Ascend --run_distribute
             --save_checkpoint_path "$run_dir/checkpoint" "$@")
     if [[ "$DRY_RUN" == 1 ]]; then
         echo "rank $rank: device ${devices[$i]}, folder $rank_dir, log $log, checkpoints $run_dir/checkpoint/rank_$rank"

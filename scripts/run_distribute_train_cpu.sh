@@ -4,6 +4,7 @@
 # shard of the data, gradients are averaged over the ranks, the learning rate is multiplied by RANK_SIZE.
 # Usage: bash run_distribute_train_cpu.sh [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground]
 #            [--nodes N --node_rank K --master_addr HOST] [--master_port P] [train.py options...]
+#   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
 #   --dry_run: print the msrun command and each rank's environment (per machine); start nothing.
 #   --foreground: wait for the end (output also on screen); default: run in the background.
 #   --nodes N --node_rank K --master_addr HOST: RANK_SIZE ranks on N machines, RANK_SIZE / N on

@@ -5,6 +5,7 @@
 # every machine).
 # Usage: bash run_distribute_train_for_gpu.sh [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground]
 #            [--nodes N --node_rank K --master_addr HOST] [--master_port P] [--hostfile FILE] [train.py options...]
+#   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
 #   (also available as run_distribute_train_gpu.sh)
 #   --dry_run: print the launcher command and each rank's environment (per machine); start nothing.
 #   --foreground: wait for the end (output also on screen); default: run in the background.
@@ -23,6 +24,7 @@ parse_rank_size_launch 1 "$@"
 set -- "${TRAIN_OPTIONS[@]}"
 rank_size="$RANK_SIZE_ARG"
 dataset_path="$DATASET_PATH_ARG"
+set_dataset_option "$dataset_path"
 
 # mpirun only when it is Open MPI: MindSpore reads the rank from Open MPI's OMPI_COMM_WORLD_* variables.
 # --nodes asks for msrun on each machine, so mpirun is not looked for then.
@@ -74,7 +76,7 @@ if [[ -n "$HOSTFILE_ARG" ]]; then
     cmd+=(--hostfile "$HOSTFILE_ARG")
 fi
 cmd+=(--output-filename "$run_dir/log_output" --merge-stderr-to-stdout
-      "$PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" --platform GPU --run_distribute
+      "$PYTHON" "$REPO_DIR/train.py" "${DATASET_OPTION[@]}" --platform GPU --run_distribute
       --save_checkpoint_path "$run_dir/checkpoint" "$@")
 if [[ "$DRY_RUN" == 1 ]]; then
     echo "dry run: nothing is started. mpirun would run:"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train on one device.
 # Usage: bash run_standalone_train.sh [DATASET_PATH] [PLATFORM] [--foreground] [train.py options...]
+#   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
 #   PLATFORM: Ascend, GPU or CPU. Runs in the background unless --foreground is given.
 #   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/standalone_train): checkpoints, and the log
 #   train.log, which every run appends to after a dated line (an earlier run's log is kept).
@@ -11,7 +12,8 @@ if [[ $# -lt 2 ]]; then
     echo "$usage" >&2
     exit 2
 fi
-dataset_path="$(resolve_path dir "$1")"
+dataset_path="$(resolve_dataset "$1")"
+set_dataset_option "$dataset_path"
 platform="$2"
 check_platform "$platform"
 shift 2
@@ -27,5 +29,5 @@ echo "platform: $platform"
 echo "log: $(log_line "$log")"
 echo "checkpoints: $run_dir/checkpoint (unless --save_checkpoint_path says otherwise)"
 cd "$run_dir"
-run_logged "$foreground" "$log" "$PYTHON" "$REPO_DIR/train.py" --dataset_path "$dataset_path" \
+run_logged "$foreground" "$log" "$PYTHON" "$REPO_DIR/train.py" "${DATASET_OPTION[@]}" \
     --platform "$platform" "$@"

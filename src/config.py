@@ -69,7 +69,11 @@ class Config:
     # Captchas rendered on the fly (src/render.py, README "Captchas on the fly").
     synthetic_images: int = field(default=0, metadata={
         "help": "train on this many captchas per epoch rendered on the fly from the spec, the style options and "
-                "the seed, instead of a --dataset_path folder (0 = read the folder)"})
+                "the seed: alone, or with --dataset_path mixed into each epoch of the folder's images (0 = the "
+                "folder only)"})
+    augment_folder: bool = field(default=False, metadata={
+        "help": "in training, also apply the style's whole-image augmentations (image_rotation, image_shear, "
+                "image_wave, image_blur, color_jitter) to the --dataset_path images, drawn anew each epoch"})
     # How rendered captchas look (process_data.py and the on-the-fly stream); the defaults draw as
     # the captcha package does, every option changed from them adds variety.
     fonts: str = field(default=",".join(_STYLE.fonts), metadata={

@@ -188,6 +188,78 @@ class SyntheticSource:
         return self.renderer.render_bgr(label, image_seed), self.renderer.spec.encode(label)
 
 
+class MixedSource:
+    """Random-access source of a labelled folder mixed with the on-the-fly stream.
+
+    Indices are coded by :class:`MixedSampler`: an odd index ``2g + 1`` is sample ``g`` of the
+    stream; an even index ``2d`` is draw ``d`` of the folder, image ``d % len(folder)``. With
+    ``augment`` (a :class:`Renderer` whose style has whole-image augmentations), each draw of a
+    folder image is augmented from the seed ``"warpctc-folder-augment-<seed>-<d>"``, so an image
+    looks different every epoch and the same in every run.
+    """
+
+    def __init__(self, folder: CaptchaSource, synthetic: Optional[SyntheticSource],
+                 augment: Optional[Renderer], seed: int):
+        self.folder = folder
+        self.synthetic = synthetic
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.folder) + (len(self.synthetic) if self.synthetic is not None else 0)
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        index = int(index)
+        if index % 2:
+            return self.synthetic[index // 2]
+        draw = index // 2
+        image, label = self.folder[draw % len(self.folder)]
+        if self.augment is not None:
+            rgb = Image.fromarray(np.ascontiguousarray(image[:, :, ::-1]))
+            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+            fill = tuple(int(v) for v in np.median(border, axis=0)[::-1])
+            rng = random.Random(f"warpctc-folder-augment-{self.seed}-{draw}")
+            image = np.ascontiguousarray(np.asarray(self.augment.augment(rgb, rng, fill))[:, :, ::-1])
+        return image, label
+
+
+class MixedSampler:
+    """The indices one shard reads per epoch from a :class:`MixedSource`: its share of the folder,
+    freshly shuffled each epoch, plus ``synthetic`` new stream samples, in one shuffled order.
+
+    Epoch ``e`` shuffles the folder with ``random.Random("warpctc-mix-<seed>-<e>")``; shard ``s``
+    of ``N`` takes every N-th image of that order from the ``s``-th (``len(folder) // N`` each),
+    and stream positions as :class:`StreamSampler` does. Like it, a copy starts at epoch 0 and
+    each iteration is the next epoch, so a resumed run reads what an uninterrupted one would.
+    """
+
+    def __init__(self, folder_count: int, synthetic: int, seed: int, num_shards: int = 1, shard_id: int = 0):
+        self.folder_count = folder_count
+        self.synthetic = synthetic
+        self.seed = seed
+        self.num_shards = num_shards
+        self.shard_id = shard_id
+        self.epoch = 0
+
+    def __deepcopy__(self, memo) -> "MixedSampler":
+        return MixedSampler(self.folder_count, self.synthetic, self.seed, self.num_shards, self.shard_id)
+
+    def __len__(self) -> int:
+        return self.folder_count // self.num_shards + self.synthetic
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        rng = random.Random(f"warpctc-mix-{self.seed}-{epoch}")
+        order = list(range(self.folder_count))
+        rng.shuffle(order)
+        mine = order[self.shard_id::self.num_shards][:self.folder_count // self.num_shards]
+        codes = [2 * (epoch * self.folder_count + i) for i in mine]
+        first = epoch * self.synthetic
+        codes += [2 * (p * self.num_shards + self.shard_id) + 1 for p in range(first, first + self.synthetic)]
+        rng.shuffle(codes)
+        return iter(codes)
+
+
 class StreamSampler:
     """The global sample indices one shard reads, epoch after epoch: a stream that never repeats.
 
@@ -273,7 +345,9 @@ def describe_synthetic(cfg, spec: CaptchaSpec) -> str:
 def create_dataset(dataset_path: Optional[str], cfg, spec: Optional[CaptchaSpec] = None, *, training: bool = True,
                    num_shards: int = 1, shard_id: int = 0, platform: str = "CPU"):
     """The batched ``(image float32 (B,3,H,W), label int32 (B,max_length))`` dataset of a folder, or,
-    with ``dataset_path`` None, of ``cfg.synthetic_images`` captchas per epoch rendered on the fly.
+    with ``dataset_path`` None, of ``cfg.synthetic_images`` captchas per epoch rendered on the fly;
+    for training, a folder and ``cfg.synthetic_images > 0`` mix both (:class:`MixedSampler`), and
+    ``cfg.augment_folder`` augments the folder's images with the style's whole-image augmentations.
 
     ``cfg`` (a :class:`src.config.Config`) gives the batch size, seed and worker count (and the
     render style); ``spec`` (default: the config's) what the captchas are. For a folder,
@@ -299,9 +373,18 @@ def create_dataset(dataset_path: Optional[str], cfg, spec: Optional[CaptchaSpec]
     source = CaptchaSource(samples, spec)
     check_images([path for path, _ in samples], workers=max(workers, 4))
     per_shard = len(samples) // num_shards
+    if training and cfg.synthetic_images:
+        per_shard += cfg.synthetic_images // num_shards
     if training and per_shard < cfg.batch_size:
         raise ValueError(f"dataset folder {dataset_path}: {len(samples)} images give {per_shard} per shard "
                          f"({num_shards} shard(s)), fewer than one batch of {cfg.batch_size}")
+    if training and (cfg.synthetic_images or cfg.augment_folder):
+        renderer = Renderer(spec, RenderStyle.from_config(cfg))
+        synthetic = SyntheticSource(renderer, cfg.seed, cfg.synthetic_images) if cfg.synthetic_images else None
+        mixed = MixedSource(source, synthetic, renderer if cfg.augment_folder else None, cfg.seed)
+        sampler = MixedSampler(len(samples), cfg.synthetic_images // num_shards, cfg.seed, num_shards, shard_id)
+        return _pipeline(mixed, ["image", "label"], spec, cfg.batch_size, workers, drop_remainder=True,
+                         sampler=sampler)
     ds.config.set_seed(cfg.seed)
     return _pipeline(source, ["image", "label"], spec, cfg.batch_size, workers, drop_remainder=training,
                      shuffle=training, num_shards=num_shards, shard_id=shard_id)

@@ -183,6 +183,9 @@ class RenderStyle:
         return "style: " + ", ".join(f"{k}={v}" for k, v in show.items())
 
 
+AUGMENTATION_FIELDS = ("image_rotation", "image_shear", "image_wave", "image_blur", "color_jitter")
+"""The style's whole-image augmentations (:meth:`Renderer.augment`), which also apply to labelled images."""
+
 STYLE_FIELDS = ("fonts", "font_sizes", "text_colors", "background_colors") + tuple(_LIMITS)
 """The Config fields of the style, in the order of RenderStyle."""
 
@@ -345,10 +348,11 @@ class Renderer:
             for _ in range(style.noise_curves):
                 generator.create_noise_curve(image, color)
             image = image.filter(ImageFilter.SMOOTH)
-        return self._augment(image, rng, background)
+        return self.augment(image, rng, background)
 
-    def _augment(self, image: Image.Image, rng: random.Random, background: Tuple[int, ...]) -> Image.Image:
-        """Whole-image augmentations, each drawing from ``rng`` only when on (defaults draw nothing)."""
+    def augment(self, image: Image.Image, rng: random.Random, background: Sequence[int]) -> Image.Image:
+        """The style's whole-image augmentations of an RGB image (rendered here, or a labelled one), each
+        drawing from ``rng`` only when on (defaults draw nothing); uncovered corners take ``background``."""
         style = self.style
         fill = tuple(background[:3])
         if style.image_rotation:

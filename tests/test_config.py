@@ -66,7 +66,7 @@ def test_recipe_options_are_validated():
 
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
-                  "alnum.yaml", "alnum_finetune.yaml"])
+                  "alnum.yaml", "alnum_finetune.yaml", "alnum_phase3.yaml", "robust.yaml", "adapt.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -83,6 +83,17 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
     ("alnum_finetune.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", optimizer="adam",
                                  learning_rate=0.0005, lr_schedule="cosine", warmup_steps=100, epoch_size=3,
                                  train_steps=0)),
+    ("alnum_phase3.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", synthetic_images=50000, seed=7,
+                               optimizer="adam", learning_rate=0.0003, lr_schedule="cosine", warmup_steps=50,
+                               train_steps=1800)),
+    ("robust.yaml", dict(charset="0123456789", synthetic_images=50000, normalization="per_image", optimizer="adam",
+                         learning_rate=0.0005, lr_schedule="cosine", train_steps=1800, noise_curves=2,
+                         char_rotation=30.0, image_rotation=5.0, image_shear=0.25, image_wave=4.0, image_blur=1.2,
+                         color_jitter=0.4)),
+    ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=500, augment_folder=True,
+                        optimizer="adam", learning_rate=0.0005, lr_schedule="cosine", warmup_steps=50,
+                        train_steps=700, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,
+                        color_jitter=0.3)),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):
     assert sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))

@@ -1,0 +1,202 @@
+"""Captcha styles kept out of training, drawn by this script's own PIL code (not ``captcha``, not
+``src/render.py``), to measure how a model does on captchas it was not made for.
+
+A style here is not a mix of the generator's options: it differs in how text is drawn and
+spoiled, so a model that reads it has generalised rather than memorised a covered style.
+
+- ``ink``: DejaVu Serif glyphs (regular, bold, italic; the robust base trains on sans fonts
+  only), each rotated and overlapping its neighbour, dark ink on a cream paper background
+  with fibres, a thick wavy stroke through the text, then smoothed.
+- ``stamp``: Pillow's built-in font at varying sizes, each character its own colour, on a
+  two-colour gradient with a hatch of thin lines behind and in front of the text, a
+  perspective squeeze, salt-and-pepper noise, saved as low-quality JPEG.
+
+Each split is a folder of ``<name>.png|jpg`` images plus ``labels.tsv`` (the dataset format
+of README "Your own captchas"), a pure function of (style, seed, split, count)::
+
+    python bench/heldout_styles.py --output_dir heldout --style ink --splits adapt5000,test1000
+
+``adaptN`` and ``testN`` are drawn from different seeds, so a test split is never seen by an
+adaptation run. The alphabet, length and size come from the config (``--config_path``,
+``--charset``, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import re
+import sys
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from src.captcha_spec import CaptchaSpec  # noqa: E402
+from src.cli import report_error  # noqa: E402
+from src.config import add_config_arguments, config_from_args  # noqa: E402
+from src.render import sample_label  # noqa: E402
+
+DEJAVU = "/usr/share/fonts/truetype/dejavu"
+SERIF_FILES = ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf")
+SPLIT_RE = re.compile(r"^(?P<name>[a-z]+)(?P<count>\d+)$")
+
+
+def _serif_fonts() -> List[str]:
+    paths = [os.path.join(DEJAVU, name) for name in SERIF_FILES]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"style ink needs the DejaVu Serif fonts: {missing[0]} does not exist "
+                         "(Debian: apt-get install fonts-dejavu-core fonts-dejavu-extra)")
+    return paths
+
+
+def _glyph(char: str, font: ImageFont.FreeTypeFont, color: Tuple[int, ...], angle: float) -> Image.Image:
+    """One character as an RGBA tile, rotated by ``angle`` degrees with the tile grown to fit."""
+    left, top, right, bottom = font.getbbox(char)
+    tile = Image.new("RGBA", (right - left + 4, bottom - top + 4), (0, 0, 0, 0))
+    ImageDraw.Draw(tile).text((2 - left, 2 - top), char, font=font, fill=color)
+    return tile.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+
+
+def _paste_line(image: Image.Image, tiles: List[Image.Image], rng: random.Random, overlap: float) -> None:
+    """Paste the tiles left to right, centred, each overlapping the previous by up to ``overlap`` of its width."""
+    gaps = [-int(rng.uniform(0, overlap) * t.width) for t in tiles[1:]]
+    total = sum(t.width for t in tiles) + sum(gaps)
+    scale = min(1.0, (image.width - 8) / max(total, 1), (image.height - 4) / max(t.height for t in tiles))
+    if scale < 1.0:
+        tiles = [t.resize((max(1, int(t.width * scale)), max(1, int(t.height * scale))), Image.Resampling.BICUBIC)
+                 for t in tiles]
+        gaps = [int(g * scale) for g in gaps]
+        total = sum(t.width for t in tiles) + sum(gaps)
+    x = (image.width - total) // 2
+    for i, tile in enumerate(tiles):
+        y = (image.height - tile.height) // 2 + rng.randint(-4, 4)
+        y = min(max(y, 0), image.height - tile.height)
+        image.alpha_composite(tile, (max(x, 0), y))
+        x += tile.width + (gaps[i] if i < len(gaps) else 0)
+
+
+def draw_ink(label: str, rng: random.Random, width: int, height: int) -> Image.Image:
+    """The ``ink`` style (see the module docstring)."""
+    fonts = [ImageFont.truetype(path, size) for path in _serif_fonts() for size in (34, 40, 46)]
+    paper = (rng.randint(235, 250), rng.randint(225, 240), rng.randint(190, 215))
+    image = Image.new("RGBA", (width, height), paper + (255,))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(8, 16)):       # paper fibres
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        angle, length = rng.uniform(0, math.pi), rng.uniform(5, 20)
+        shade = tuple(max(0, c - rng.randint(15, 40)) for c in paper)
+        draw.line([(x, y), (x + length * math.cos(angle), y + length * math.sin(angle))], fill=shade, width=1)
+    ink = (rng.randint(10, 70), rng.randint(10, 50), rng.randint(40, 110), 255)
+    tiles = [_glyph(c, rng.choice(fonts), ink, rng.uniform(-25, 25)) for c in label]
+    _paste_line(image, tiles, rng, overlap=0.2)
+    # A wavy stroke through the text, as thick as a glyph's stems.
+    amplitude, period, phase = rng.uniform(3, 9), rng.uniform(40, 120), rng.uniform(0, 2 * math.pi)
+    base, tilt = rng.uniform(0.35, 0.65) * height, rng.uniform(-0.15, 0.15)
+    points = [(x, base + tilt * (x - width / 2) + amplitude * math.sin(2 * math.pi * x / period + phase))
+              for x in range(rng.randint(0, 20), width - rng.randint(0, 20), 2)]
+    draw.line(points, fill=ink, width=rng.randint(2, 4))
+    image = image.convert("RGB").filter(ImageFilter.SMOOTH_MORE)
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
+
+
+def draw_stamp(label: str, rng: random.Random, width: int, height: int) -> Image.Image:
+    """The ``stamp`` style (see the module docstring)."""
+    top = np.array([rng.randint(150, 255) for _ in range(3)], dtype=np.float64)
+    bottom = np.array([rng.randint(150, 255) for _ in range(3)], dtype=np.float64)
+    ramp = np.linspace(0.0, 1.0, width)[None, :, None]
+    pixels = top * (1 - ramp) + bottom * ramp
+    image = Image.fromarray(np.repeat(pixels, height, axis=0).astype(np.uint8), "RGB").convert("RGBA")
+    draw = ImageDraw.Draw(image)
+
+    def hatch(count: int) -> None:
+        for _ in range(count):
+            shade = tuple(rng.randint(60, 200) for _ in range(3))
+            x0, x1 = rng.uniform(-20, width), rng.uniform(0, width + 20)
+            draw.line([(x0, 0), (x1, height)] if rng.random() < 0.5 else [(0, rng.uniform(0, height)),
+                                                                          (width, rng.uniform(0, height))],
+                      fill=shade, width=1)
+
+    hatch(rng.randint(6, 12))
+    tiles = []
+    for char in label:
+        color = (rng.randint(0, 120), rng.randint(0, 120), rng.randint(0, 120), 255)
+        tiles.append(_glyph(char, ImageFont.load_default(rng.choice((36, 42, 48))), color, rng.uniform(-12, 12)))
+    _paste_line(image, tiles, rng, overlap=0.05)
+    draw = ImageDraw.Draw(image)
+    hatch(rng.randint(2, 4))
+    image = image.convert("RGB")
+    # A perspective squeeze: one side narrower than the other.
+    squeeze = rng.uniform(0, 0.2) * height
+    left = rng.random() < 0.5
+    quad = ((0, -squeeze if left else 0), (0, height + (squeeze if left else 0)),
+            (width, height + (0 if left else squeeze)), (width, 0 if left else -squeeze))
+    image = image.transform((width, height), Image.Transform.QUAD, [v for point in quad for v in point],
+                            resample=Image.Resampling.BILINEAR, fillcolor=tuple(int(v) for v in top))
+    pixels = np.asarray(image).copy()
+    noise = np.random.default_rng(rng.getrandbits(32)).random((height, width))
+    pixels[noise < 0.02] = 0
+    pixels[noise > 0.98] = 255
+    return Image.fromarray(pixels)
+
+
+STYLES: Dict[str, Tuple[Callable[[str, random.Random, int, int], Image.Image], str]] = {
+    "ink": (draw_ink, ".png"),
+    "stamp": (draw_stamp, ".jpg"),
+}
+
+
+def render_heldout(folder: str, style: str, spec: CaptchaSpec, count: int, seed: int) -> None:
+    """Write ``count`` captchas of ``style`` and their ``labels.tsv`` into ``folder`` (created; must be empty)."""
+    draw, extension = STYLES[style]
+    if os.path.isdir(folder) and os.listdir(folder):
+        raise ValueError(f"{folder}: exists and is not empty; give a new folder")
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for index in range(count):
+        rng = random.Random(f"heldout-{style}-{seed}-{index}")
+        label = sample_label(rng, spec)
+        name = f"{style}_{index:05d}{extension}"
+        image = draw(label, rng, spec.width, spec.height)
+        if extension == ".jpg":
+            image.save(os.path.join(folder, name), quality=rng.randint(25, 60))
+        else:
+            image.save(os.path.join(folder, name))
+        lines.append(f"{name}\t{label}\n")
+    with open(os.path.join(folder, "labels.tsv"), "w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", required=True, help="receives <style>/<split> folders")
+    parser.add_argument("--style", choices=sorted(STYLES), required=True)
+    parser.add_argument("--splits", default="adapt250,adapt1000,adapt5000,test1000",
+                        help="comma-separated <name><count>; each split has its own seed (default: %(default)s)")
+    add_config_arguments(parser, ["charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed"])
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        spec = CaptchaSpec.from_config(cfg)
+        for split in args.splits.split(","):
+            match = SPLIT_RE.match(split.strip())
+            if not match or int(match.group("count")) <= 0:
+                raise ValueError(f"--splits: {split!r} is not <name><count>, e.g. adapt1000")
+            folder = os.path.join(args.output_dir, args.style, split.strip())
+            render_heldout(folder, args.style, spec, int(match.group("count")), hash_seed(cfg.seed, split.strip()))
+            print(f"{folder}: {match.group('count')} captchas of style {args.style}", flush=True)
+    except ValueError as err:
+        return report_error("heldout_styles.py", err)
+    return 0
+
+
+def hash_seed(seed: int, split: str) -> str:
+    """The seed of one split: splits of one style never share an image."""
+    return f"{seed}-{split}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,9 +90,9 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                          learning_rate=0.0005, lr_schedule="cosine", train_steps=1800, noise_curves=2,
                          char_rotation=30.0, image_rotation=5.0, image_shear=0.25, image_wave=4.0, image_blur=1.2,
                          color_jitter=0.4)),
-    ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=500, augment_folder=True,
-                        optimizer="adam", learning_rate=0.0005, lr_schedule="cosine", warmup_steps=50,
-                        train_steps=700, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,
+    ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=250, augment_folder=True,
+                        optimizer="adam", learning_rate=0.0015, lr_schedule="cosine", warmup_steps=50,
+                        train_steps=900, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,
                         color_jitter=0.3)),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):

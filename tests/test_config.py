@@ -87,7 +87,7 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                                optimizer="adam", learning_rate=0.0003, lr_schedule="cosine", warmup_steps=50,
                                train_steps=1800)),
     ("robust.yaml", dict(charset="0123456789", synthetic_images=50000, normalization="per_image", optimizer="adam",
-                         learning_rate=0.0005, lr_schedule="cosine", train_steps=1800, noise_curves=2,
+                         learning_rate=0.0005, lr_schedule="cosine", train_steps=1200, noise_curves=2,
                          char_rotation=30.0, image_rotation=5.0, image_shear=0.25, image_wave=4.0, image_blur=1.2,
                          color_jitter=0.4)),
     ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=250, augment_folder=True,

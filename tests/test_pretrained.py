@@ -81,5 +81,5 @@ def test_alphanumeric_release_reads_fresh_letters_and_digits_with_no_other_flag(
     assert len(reads) == count
     assert any(c.isalpha() for text, _ in reads for c in text)
     accuracy = sum(text == label for text, label in reads) / count
-    # 93.76 % on 10,000 fresh captchas (README); 0.91 is about 3.5 standard errors below, on 1,000
-    assert accuracy >= 0.91, accuracy
+    # 94.79 % on 10,000 fresh captchas (README); 0.92 is about 4 standard errors below, on 1,000
+    assert accuracy >= 0.92, accuracy

@@ -1,5 +1,5 @@
-"""The released models: pretrained/warpctc.ckpt (digits) and pretrained/warpctc_alnum.ckpt (digits + A-Z)
-read captchas they have never seen."""
+"""The released models: pretrained/warpctc.ckpt (digits), pretrained/warpctc_alnum.ckpt (digits + A-Z) and
+pretrained/warpctc_robust.ckpt (digits, varied styles) read captchas they have never seen."""
 import hashlib
 import os
 import re
@@ -14,6 +14,7 @@ from conftest import REPO, run_bash, run_py
 
 CKPT = os.path.join(REPO, "pretrained", "warpctc.ckpt")
 ALNUM = os.path.join(REPO, "pretrained", "warpctc_alnum.ckpt")
+ROBUST = os.path.join(REPO, "pretrained", "warpctc_robust.ckpt")
 
 
 def readme_sha256(name):
@@ -24,7 +25,7 @@ def readme_sha256(name):
     return match.group(1)
 
 
-@pytest.mark.parametrize("path", [CKPT, ALNUM])
+@pytest.mark.parametrize("path", [CKPT, ALNUM, ROBUST])
 def test_released_checkpoints_match_the_readme_hash(path):
     with open(path, "rb") as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == readme_sha256(os.path.basename(path))
@@ -83,3 +84,34 @@ def test_alphanumeric_release_reads_fresh_letters_and_digits_with_no_other_flag(
     accuracy = sum(text == label for text, label in reads) / count
     # 94.79 % on 10,000 fresh captchas (README); 0.92 is about 4 standard errors below, on 1,000
     assert accuracy >= 0.92, accuracy
+
+
+def _accuracy_of_reads(stdout, labels):
+    reads = dict((os.path.basename(path), text) for path, text, _ in (line.split("\t") for line in stdout.splitlines()))
+    assert len(reads) == len(labels)
+    return sum(reads[name] == label for name, label in labels.items()) / len(labels)
+
+
+def test_robust_base_reads_the_original_style_and_a_style_kept_out_of_its_training(tmp_path):
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import heldout_styles
+
+    # The original style, fresh: per-image normalisation comes from the checkpoint, with no flag.
+    process_data.render_split(str(tmp_path / "fresh"), 300, seed=20261128, split="fresh", workers=2, progress=False)
+    proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ROBUST, tmp_path / "fresh", "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = {name: parse_label(name, CaptchaSpec()) for name in os.listdir(tmp_path / "fresh") if name.endswith(".png")}
+    assert _accuracy_of_reads(proc.stdout, fresh) >= ROBUST_FRESH_FLOOR
+    # A style drawn by other code than the one it trained on (serif fonts, cream paper, a stroke).
+    folder = tmp_path / "ink"
+    heldout_styles.render_heldout(str(folder), "ink", CaptchaSpec(), 300, seed="test-20261126")
+    labels = dict(line.rstrip("\n").split("\t") for line in open(folder / "labels.tsv", encoding="utf-8"))
+    reads = {}
+    for path in (ROBUST, CKPT):
+        proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", path, folder, "--quiet"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reads[path] = _accuracy_of_reads(proc.stdout, labels)
+    assert reads[CKPT] <= 0.05                       # the digits release: 0.3 % of 1,000 (README)
+    assert reads[ROBUST] >= ROBUST_INK_FLOOR, reads

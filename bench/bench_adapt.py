@@ -5,7 +5,7 @@ writes them), this evaluates the base model on the test split, then for each N r
 documented adaptation command (``train.py --dataset_path <style>/adapt<N> --init_checkpoint
 <base> --config_path configs/adapt.yaml``) and evaluates its last checkpoint on the same test
 split, which no run trains or tunes on. Prints one table row per run with its steps, wall time
-and s/step, and the CPU it ran on::
+and s/step, and the CPU it ran on with its fp32 matmul peak::
 
     python bench/heldout_styles.py --output_dir heldout --style ink
     python bench/bench_adapt.py --base pretrained/warpctc_robust.ckpt --style_dir heldout/ink \
@@ -24,6 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench.bench_synthetic import cpu_model  # noqa: E402
+from bench.bench_train_step import matmul_peak_gflops  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
 CKPT_RE = re.compile(r"^warpctc-(\d+)_(\d+)\.ckpt$")
@@ -69,7 +70,9 @@ def main(argv=None) -> int:
         for path in (args.base, test):
             if not os.path.exists(path):
                 raise ValueError(f"{path}: does not exist")
-        print(f"cpu: {cpu_model()}; base {args.base}; held-out {test}", flush=True)
+        peak, lib = matmul_peak_gflops()
+        print(f"cpu: {cpu_model()}; matmul peak ({lib}, 4096^3 fp32): {peak:.0f} GFLOP/s; "
+              f"base {args.base}; held-out {test}", flush=True)
         print("| labelled images | steps | training | s/step | accuracy | CER |\n|---|---|---|---|---|---|", flush=True)
         accuracy, cer = evaluate(args.base, test)
         print(f"| 0 (zero-shot) | — | — | — | {accuracy:.2%} | {cer:.2%} |", flush=True)

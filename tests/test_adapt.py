@@ -144,3 +144,12 @@ def test_a_tiny_adaptation_run_learns_a_made_up_style(made_up_style, tmp_path):
                     "--quiet"])
     assert after.returncode == 0, after.stderr
     assert accuracy(after.stdout) >= accuracy(before.stdout) + 0.2, (before.stdout, after.stdout)
+
+
+def test_the_adaptation_bench_names_a_missing_base_in_one_line(made_up_style, tmp_path):
+    missing = tmp_path / "no_such.ckpt"
+    proc = run_py([os.path.join(REPO, "bench", "bench_adapt.py"), "--base", missing, "--style_dir", made_up_style,
+                   "--test", "test", "--out", tmp_path / "runs"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"bench_adapt.py: error: {missing}: does not exist"
+    assert not (tmp_path / "runs").exists()

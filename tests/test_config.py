@@ -66,7 +66,8 @@ def test_recipe_options_are_validated():
 
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
-                  "alnum.yaml", "alnum_finetune.yaml", "alnum_phase3.yaml", "robust.yaml", "adapt.yaml"])
+                  "alnum.yaml", "alnum_finetune.yaml", "alnum_phase3.yaml", "alnum_stream.yaml", "robust.yaml",
+                  "adapt.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -86,6 +87,9 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
     ("alnum_phase3.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", synthetic_images=50000, seed=7,
                                optimizer="adam", learning_rate=0.0003, lr_schedule="cosine", warmup_steps=50,
                                train_steps=1800)),
+    ("alnum_stream.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", synthetic_images=50000, seed=11,
+                               optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
+                               train_steps=6200)),
     ("robust.yaml", dict(charset="0123456789", synthetic_images=50000, normalization="per_image", optimizer="adam",
                          learning_rate=0.0005, lr_schedule="cosine", train_steps=1200, noise_curves=2,
                          char_rotation=30.0, image_rotation=5.0, image_shear=0.25, image_wave=4.0, image_blur=1.2,

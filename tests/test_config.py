@@ -66,7 +66,7 @@ def test_recipe_options_are_validated():
 
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
-                  "alnum.yaml", "alnum_finetune.yaml", "alnum_phase3.yaml", "alnum_stream.yaml", "robust.yaml",
+                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml",
                   "adapt.yaml"])
 
 
@@ -81,12 +81,6 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                                epoch_size=2, train_steps=0)),
     ("alnum.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", max_captcha_digits=4, optimizer="adam",
                         learning_rate=0.001, lr_schedule="cosine", warmup_steps=100, train_steps=1600)),
-    ("alnum_finetune.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", optimizer="adam",
-                                 learning_rate=0.0005, lr_schedule="cosine", warmup_steps=100, epoch_size=3,
-                                 train_steps=0)),
-    ("alnum_phase3.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", synthetic_images=50000, seed=7,
-                               optimizer="adam", learning_rate=0.0003, lr_schedule="cosine", warmup_steps=50,
-                               train_steps=1800)),
     ("alnum_stream.yaml", dict(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", synthetic_images=50000, seed=11,
                                optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
                                train_steps=6200)),

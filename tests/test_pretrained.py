@@ -85,8 +85,8 @@ def test_alphanumeric_release_reads_fresh_letters_and_digits_with_no_other_flag(
     assert len(reads) == count
     assert any(c.isalpha() for text, _ in reads for c in text)
     accuracy = sum(text == label for text, label in reads) / count
-    # 94.79 % on 10,000 fresh captchas (README); 0.92 is about 4 standard errors below, on 1,000
-    assert accuracy >= 0.92, accuracy
+    # 95.52 % on 10,000 fresh captchas (README); 0.93 is about 4 standard errors below, on 1,000
+    assert accuracy >= 0.93, accuracy
 
 
 def _accuracy_of_reads(stdout, labels):

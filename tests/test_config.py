@@ -66,8 +66,7 @@ def test_recipe_options_are_validated():
 
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
-                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml",
-                  "adapt.yaml"])
+                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [

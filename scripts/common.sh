@@ -118,19 +118,49 @@ check_rank_size() {
     [[ "$1" =~ ^[0-9]+$ && "$1" -ge 1 ]] || die "RANK_SIZE must be a positive integer, got '$1'"
 }
 
-# parse_launcher_flags ARGS... : reads the leading --dry_run / --foreground flags into
-# DRY_RUN and FOREGROUND (0/1) and sets FLAG_COUNT to how many words they took.
-parse_launcher_flags() {
-    DRY_RUN=0
+# take_launcher_options KIND ARGS... : the launcher's own options, wherever they stand among the
+# train.py options: train.py's parser never takes a word starting with -- as an option's value,
+# so such a word is an option, never a value. KIND says which options are the launcher's:
+# standalone (--foreground), table (--dry_run too) or nodes (--dry_run and the node flags, each
+# with its value, too); another launcher's option is a one-line error, not a word for train.py.
+# Sets FOREGROUND and DRY_RUN (0/1), NODES, NODE_RANK, MASTER_ADDR_ARG, MASTER_PORT_ARG,
+# HOSTFILE_ARG (empty unless given) and the array TRAIN_OPTIONS (the other words, in order).
+take_launcher_options() {
+    local kind="$1" name
+    shift
     FOREGROUND=0
-    FLAG_COUNT=0
+    DRY_RUN=0
+    NODES=""
+    NODE_RANK=""
+    MASTER_ADDR_ARG=""
+    MASTER_PORT_ARG=""
+    HOSTFILE_ARG=""
+    TRAIN_OPTIONS=()
     while [[ $# -gt 0 ]]; do
-        case "$1" in
-            --dry_run) DRY_RUN=1 ;;
-            --foreground) FOREGROUND=1 ;;
-            *) break ;;
+        name="${1%%=*}"
+        case "$name" in
+            --foreground)
+                [[ "$1" == "$name" ]] || die "--foreground takes no value"
+                FOREGROUND=1 ;;
+            --dry_run)
+                [[ "$1" == "$name" ]] || die "--dry_run takes no value"
+                [[ "$kind" != standalone ]] \
+                    || die "--dry_run is an option of the distributed launchers (run_distribute_train*.sh); this one" \
+                           "has no dry run and starts train.py at once"
+                DRY_RUN=1 ;;
+            --nodes|--node_rank|--master_addr|--master_port|--hostfile)
+                [[ "$kind" == nodes ]] \
+                    || die "$name is an option of run_distribute_train_cpu.sh and run_distribute_train_for_gpu.sh," \
+                           "not of this launcher"
+                if [[ "$1" == *=* ]]; then
+                    set_node_flag "$name" "${1#*=}"
+                else
+                    [[ $# -ge 2 && "$2" != --* ]] || die "$1 needs a value"
+                    set_node_flag "$1" "$2"
+                    shift
+                fi ;;
+            *) TRAIN_OPTIONS+=("$1") ;;
         esac
-        FLAG_COUNT=$((FLAG_COUNT + 1))
         shift
     done
 }
@@ -150,16 +180,14 @@ check_train_options() {
     done
 }
 
-# The launcher flags for several machines; each takes a value.
-NODE_FLAGS=(--nodes --node_rank --master_addr --master_port --hostfile)
-
 # parse_rank_size_launch HOSTFILE_OK ARGS... : the command line of the RANK_SIZE launchers,
 # [RANK_SIZE] [DATASET_PATH] [--dry_run] [--foreground] [--nodes N --node_rank K --master_addr HOST]
-# [--master_port P] [--hostfile FILE (only where HOSTFILE_OK is 1)] [train.py options...]. Sets
-# RANK_SIZE_ARG, DATASET_PATH_ARG (absolute, or - for on the fly), DRY_RUN, FOREGROUND, the array TRAIN_OPTIONS and
-# the multi-node settings (see check_nodes); usage or a one-line error otherwise.
+# [--master_port P] [--hostfile FILE (only where HOSTFILE_OK is 1)] [train.py options...], the
+# launcher's options anywhere after DATASET_PATH. Sets RANK_SIZE_ARG, DATASET_PATH_ARG (absolute,
+# or - for on the fly), DRY_RUN, FOREGROUND, the array TRAIN_OPTIONS and the multi-node settings
+# (see check_nodes); usage or a one-line error otherwise.
 parse_rank_size_launch() {
-    local hostfile_ok="$1" usage_hostfile="" flag opt
+    local hostfile_ok="$1" usage_hostfile=""
     shift
     [[ "$hostfile_ok" == 1 ]] && usage_hostfile=" [--hostfile FILE]"
     if [[ $# -lt 2 ]]; then
@@ -171,35 +199,8 @@ parse_rank_size_launch() {
     check_rank_size "$RANK_SIZE_ARG"
     DATASET_PATH_ARG="$(resolve_dataset "$2")"
     shift 2
-    DRY_RUN=0
-    FOREGROUND=0
-    NODES=""
-    NODE_RANK=""
-    MASTER_ADDR_ARG=""
-    MASTER_PORT_ARG=""
-    HOSTFILE_ARG=""
-    while [[ $# -gt 0 ]]; do
-        case "$1" in
-            --dry_run) DRY_RUN=1 ;;
-            --foreground) FOREGROUND=1 ;;
-            --nodes=*|--node_rank=*|--master_addr=*|--master_port=*|--hostfile=*)
-                set_node_flag "${1%%=*}" "${1#*=}" ;;
-            --nodes|--node_rank|--master_addr|--master_port|--hostfile)
-                [[ $# -ge 2 && "$2" != --* ]] || die "$1 needs a value"
-                set_node_flag "$1" "$2"
-                shift ;;
-            *) break ;;
-        esac
-        shift
-    done
-    check_train_options "$@"
-    for opt in "$@"; do
-        for flag in "${NODE_FLAGS[@]}"; do
-            [[ "$opt" == "$flag" || "$opt" == "$flag="* ]] \
-                && die "$flag is a launcher option: put it right after DATASET_PATH, before the train.py options"
-        done
-    done
-    TRAIN_OPTIONS=("$@")
+    take_launcher_options nodes "$@"
+    check_train_options "${TRAIN_OPTIONS[@]}"
     if [[ -n "$HOSTFILE_ARG" && "$hostfile_ok" != 1 ]]; then
         die "--hostfile is for mpirun (run_distribute_train_for_gpu.sh);" \
             "here give --nodes N --node_rank K --master_addr HOST on each machine"

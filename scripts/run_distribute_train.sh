@@ -6,6 +6,7 @@
 #   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
 #   --dry_run: print each rank's folder, environment and command; start nothing.
 #   --foreground: wait for every rank and fail if one fails; default: run in the background.
+#   --dry_run and --foreground may also come after the train.py options.
 #   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/distribute_train): rank_<rank>/train.log,
 #   checkpoint/rank_<rank>/. A table listing several servers needs SERVER_ID=<this server's server_id>.
 set -euo pipefail
@@ -22,8 +23,8 @@ rank_table="$(resolve_path file "$1")"
 dataset_path="$(resolve_dataset "$2")"
 set_dataset_option "$dataset_path"
 shift 2
-parse_launcher_flags "$@"
-shift "$FLAG_COUNT"
+take_launcher_options table "$@"
+set -- "${TRAIN_OPTIONS[@]}"
 check_train_options "$@"
 
 server_args=()

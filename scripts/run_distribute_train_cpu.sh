@@ -7,6 +7,7 @@
 #   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
 #   --dry_run: print the msrun command and each rank's environment (per machine); start nothing.
 #   --foreground: wait for the end (output also on screen); default: run in the background.
+#   The launcher's options (these and the machine options below) may also come after the train.py options.
 #   --nodes N --node_rank K --master_addr HOST: RANK_SIZE ranks on N machines, RANK_SIZE / N on
 #   this one (machine K: global ranks K * RANK_SIZE / N + local rank). Run the launcher on every
 #   machine with the same RANK_SIZE, N, HOST and port, each with its own K; the msrun of the

@@ -9,6 +9,7 @@
 #   (also available as run_distribute_train_gpu.sh)
 #   --dry_run: print the launcher command and each rank's environment (per machine); start nothing.
 #   --foreground: wait for the end (output also on screen); default: run in the background.
+#   The launcher's options (these and the machine options below) may also come after the train.py options.
 #   --hostfile FILE: Open MPI hostfile, one "host slots=<GPUs>" line per machine, passed to mpirun;
 #   ranks fill the hosts in file order.
 #   --nodes N --node_rank K --master_addr HOST [--master_port P]: msrun (even where mpirun is on

@@ -2,7 +2,8 @@
 # Train on one device.
 # Usage: bash run_standalone_train.sh [DATASET_PATH] [PLATFORM] [--foreground] [train.py options...]
 #   DATASET_PATH: a labelled folder, or - to train on captchas rendered on the fly (--synthetic_images N).
-#   PLATFORM: Ascend, GPU or CPU. Runs in the background unless --foreground is given.
+#   PLATFORM: Ascend, GPU or CPU. Runs in the background unless --foreground is given (anywhere
+#   after PLATFORM, among the train.py options too).
 #   Working folder: $WARPCTC_RUN_DIR (default <repo>/runs/standalone_train): checkpoints, and the log
 #   train.log, which every run appends to after a dated line (an earlier run's log is kept).
 set -euo pipefail
@@ -17,11 +18,8 @@ set_dataset_option "$dataset_path"
 platform="$2"
 check_platform "$platform"
 shift 2
-foreground=0
-if [[ "${1:-}" == "--foreground" ]]; then
-    foreground=1
-    shift
-fi
+take_launcher_options standalone "$@"
+set -- "${TRAIN_OPTIONS[@]}"
 run_dir="$(run_folder standalone_train)"
 log="$run_dir/train.log"
 echo "dataset: $dataset_path"
@@ -29,5 +27,5 @@ echo "platform: $platform"
 echo "log: $(log_line "$log")"
 echo "checkpoints: $run_dir/checkpoint (unless --save_checkpoint_path says otherwise)"
 cd "$run_dir"
-run_logged "$foreground" "$log" "$PYTHON" "$REPO_DIR/train.py" "${DATASET_OPTION[@]}" \
+run_logged "$FOREGROUND" "$log" "$PYTHON" "$REPO_DIR/train.py" "${DATASET_OPTION[@]}" \
     --platform "$platform" "$@"

@@ -527,3 +527,60 @@ def test_gpu_launcher_without_mpirun_or_msrun_is_a_clear_error(data_root, tmp_pa
     assert error_line(proc) == ("run_distribute_train_for_gpu.sh: error: neither mpirun (Open MPI) nor msrun is on "
                                 "PATH; install Open MPI, or put MindSpore's msrun (it comes with the mindspore "
                                 "package) on PATH")
+
+
+# ---------------------------------------------------------------- the launchers' options among the train.py options
+
+def recording_bin(tmp_path):
+    """A folder of ``python3``, ``msrun`` and ``mpirun`` (Open MPI) that start nothing: every training
+    start is recorded in ``tmp_path/started``; the launchers' own python helpers (rank table, free
+    port) run on the real interpreter. Returns the launch environment and the record's path."""
+    folder, started = tmp_path / "rbin", tmp_path / "started"
+    folder.mkdir()
+    (folder / "python3").write_text(f"""#!/usr/bin/env bash
+case "${{1:-}}" in *train.py) echo "python3 $*" >> {shlex.quote(str(started))}; exit 0 ;; esac
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    for tool in ("msrun", "mpirun"):
+        (folder / tool).write_text(f"""#!/usr/bin/env bash
+[[ "${{1:-}}" != --version ]] || {{ echo "mpirun (Open MPI) 4.1.5"; exit 0; }}
+echo "{tool} $*" >> {shlex.quote(str(started))}
+""")
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(folder / "python3")}, started
+
+
+@pytest.mark.parametrize("script", LAUNCHERS)
+def test_dry_run_and_foreground_after_train_options_are_the_launchers(data_root, tmp_path, script):
+    # A --dry_run after a train.py option used to start the job (and each rank failed on --dry_run).
+    first = write_json(tmp_path / "t.json", hccl_table([0, 1])) if script == "run_distribute_train.sh" else "2"
+    env, started = recording_bin(tmp_path)
+    run_dir = tmp_path / "run"
+    proc = launch(script, first, data_root / "train", "--hidden_size", 32, "--dry_run", run_dir=run_dir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: nothing is started" in proc.stdout and "started in the background" not in proc.stdout
+    commands = [line for line in proc.stdout.splitlines() if line.lstrip().startswith("cd ")]
+    assert commands and all(line.endswith("--hidden_size 32") or "--hidden_size 32 >" in line for line in commands)
+    assert "--dry_run" not in "\n".join(commands)
+    assert not started.exists() and not run_dir.exists()        # no process, no run folder
+    # --foreground there waits for the end instead of going to train.py.
+    proc = launch(script, first, data_root / "train", "--hidden_size", 32, "--foreground", run_dir=run_dir, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "started in the background" not in proc.stdout
+    record = started.read_text()
+    assert "--hidden_size 32" in record and "--foreground" not in record
+
+
+def test_options_of_other_launchers_are_refused_in_one_line(data_root, tmp_path):
+    table = write_json(tmp_path / "t.json", hccl_table([0, 1]))
+    env, started = recording_bin(tmp_path)
+    proc = launch("run_distribute_train.sh", table, data_root / "train", "--epoch_size", 1, "--nodes", 2,
+                  run_dir=tmp_path / "run", env=env)
+    assert (proc.returncode, error_line(proc)) == (
+        2, "run_distribute_train.sh: error: --nodes is an option of run_distribute_train_cpu.sh and "
+           "run_distribute_train_for_gpu.sh, not of this launcher")
+    proc = launch("run_distribute_train_cpu.sh", 2, data_root / "train", "--dry_run=yes", run_dir=tmp_path / "run",
+                  env=env)
+    assert (proc.returncode, error_line(proc)) == (2, "run_distribute_train_cpu.sh: error: --dry_run takes no value")
+    assert not started.exists() and not (tmp_path / "run").exists()

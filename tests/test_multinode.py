@@ -42,8 +42,9 @@ def test_dry_run_prints_every_machines_msrun_command_and_global_ranks(data_root,
     run_dir = tmp_path / "run"
     # An Open MPI mpirun on PATH must not matter: --nodes means msrun on every machine.
     folder = fake_bin(tmp_path, "mpirun (Open MPI) 4.1.5")
-    proc = launch(script, 6, data_root / "train", "--dry_run", "--nodes", 3, "--node_rank", 1,
-                  "--master_addr", OTHER_MACHINE, "--master_port", 29400, "--epoch_size", 1, run_dir=run_dir,
+    # The launcher's options may stand among the train.py options.
+    proc = launch(script, 6, data_root / "train", "--nodes", 3, "--epoch_size", 1, "--node_rank", 1, "--dry_run",
+                  "--master_addr", OTHER_MACHINE, "--master_port", 29400, run_dir=run_dir,
                   env={"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr
     assert (f"ranks: 6 on 3 machine(s), 2 on this one (node 1: global ranks 2..3); {platform}, "
@@ -131,8 +132,8 @@ NODE_ERRORS = [
     (["4", "--master_addr", OTHER_MACHINE], "--master_addr needs --nodes"),
     (["4", "--nodes"], "--nodes needs a value"),
     (["4", "--nodes", "2", "--nodes", "2"], "--nodes is given twice"),
-    (["4", "--epoch_size", "1", "--nodes", "2"],
-     "--nodes is a launcher option: put it right after DATASET_PATH, before the train.py options"),
+    (["4", "--epoch_size", "1", "--nodes", "2"],          # after a train.py option, still the launcher's
+     "--nodes needs --master_addr (the address of the machine that runs the scheduler, the same on every machine)"),
 ]
 
 

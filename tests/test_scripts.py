@@ -2,6 +2,7 @@
 including on a full disk and in read-only or missing folders."""
 import os
 import re
+import shutil
 import time
 
 import pytest
@@ -27,6 +28,29 @@ def test_standalone_unknown_platform(data_root, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("run_standalone_train.sh: error: unknown platform 'TPU' "
                                    "(expected one of: Ascend GPU CPU)")
+
+
+def test_standalone_foreground_after_train_options_and_no_dry_run(tmp_path):
+    # --foreground anywhere is the launcher's; --dry_run (the distributed launchers') is refused, not started.
+    fake = tmp_path / "python3"
+    fake.write_text('#!/usr/bin/env bash\necho "train.py args: ${*:2}"\n')
+    fake.chmod(0o755)
+    run_dir = tmp_path / "run"
+    proc = run_bash([STANDALONE, "-", "CPU", "--synthetic_images", "16", "--foreground"],
+                    env={"WARPCTC_RUN_DIR": str(run_dir), "PYTHON": str(fake)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "train.py args: --platform CPU --synthetic_images 16"
+    assert "started in the background" not in proc.stdout
+    shutil.rmtree(run_dir)
+    for option, message in (("--dry_run", "--dry_run is an option of the distributed launchers "
+                                          "(run_distribute_train*.sh); this one has no dry run and starts train.py "
+                                          "at once"),
+                            ("--nodes=2", "--nodes is an option of run_distribute_train_cpu.sh and "
+                                          "run_distribute_train_for_gpu.sh, not of this launcher")):
+        proc = run_bash([STANDALONE, "-", "CPU", "--synthetic_images", "16", option],
+                        env={"WARPCTC_RUN_DIR": str(run_dir), "PYTHON": str(fake)})
+        assert (proc.returncode, proc.stderr) == (2, f"run_standalone_train.sh: error: {message}\n")
+        assert proc.stdout == "" and not run_dir.exists()
 
 
 def test_standalone_foreground_run_with_relative_path(data_root, tmp_path):

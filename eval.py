@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from src.cli import report_error
+from src.cli import report_error, write_stdout
 from src.config import add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
@@ -51,7 +51,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     cfg = config_from_args(args)
     info = set_up(args.platform, device_id=args.device_id)
-    print("\n".join(dataset_report(args.dataset_path)), flush=True)
+    write_stdout(dataset_report(args.dataset_path))
     # The checkpoint says what it reads (alphabet, length, size, hidden size).
     net, spec = load_network(args.checkpoint_path, cfg, info.platform, given=explicit_overrides(args))
     # Every image counts: the last, smaller batch is kept.
@@ -72,12 +72,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = evaluate(args)
+        by_length = ", ".join(f"{k} char(s): {v:.4f}" for k, v in out["by_length"].items())
+        write_stdout([f"result: {out['result']}", f"accuracy by label length: {by_length}",
+                      f"evaluated {out['images']} images in {out['seconds']:.1f} s "
+                      f"({out['images'] / max(out['seconds'], 1e-9):.0f} images/s)"])
     except ValueError as err:
         return report_error("eval.py", err)
-    print(f"result: {out['result']}")
-    print("accuracy by label length: " + ", ".join(f"{k} char(s): {v:.4f}" for k, v in out["by_length"].items()))
-    print(f"evaluated {out['images']} images in {out['seconds']:.1f} s "
-          f"({out['images'] / max(out['seconds'], 1e-9):.0f} images/s)")
     return 0
 
 

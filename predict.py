@@ -5,7 +5,9 @@ JPEG, GIF and BMP files sorted by name; a GIF is read from its first frame). Fil
 not carry a label. Preprocessing is the training/eval pipeline itself, and the text is eval's
 greedy CTC decoding. The confidence (4 decimals, in [0, 1]) is the model's probability of
 the decoded text: the CTC probability summed over every alignment that spells it. Progress
-goes to stderr unless ``--quiet``.
+goes to stderr unless ``--quiet``. The output is a valid ``labels.tsv``: a path that starts
+with ``#`` (a comment there) is printed as ``./#...``, and a path holding a tab or a line break
+is refused before the model loads.
 """
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ import os
 import sys
 from typing import Iterable, List, NamedTuple, Optional, Sequence
 
-from src.cli import report_error
+from src.cli import report_error, write_stdout
 from src.config import add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
+
+
+# What would split a path over several fields or lines of the TSV: the tab and every line break
+# str.splitlines knows (read_labels_tsv splits on them).
+_TSV_BREAKS = "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 class Prediction(NamedTuple):
@@ -41,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def collect_images(inputs: Sequence[str]) -> List[str]:
-    """Expand folders to their image files sorted by name; every named file must exist."""
+    """Expand folders to their image files sorted by name; every named file must exist.
+
+    Each path must fit one line of the TSV output: one with a tab or a line break, or that is
+    not UTF-8, is a ValueError naming it.
+    """
     from src.dataset import list_image_files
 
     paths: List[str] = []
@@ -52,7 +63,22 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
             paths.append(item)
         else:
             raise ValueError(f"{item}: no such file or folder")
+    for path in paths:
+        if any(char in _TSV_BREAKS for char in path):
+            raise ValueError(f"{path!r}: a tab or line break in the path would split its line of the output; "
+                             f"rename it")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path!r}: the name is not UTF-8, so its line of the output could not be read "
+                             f"back as labels.tsv; rename it") from None
     return paths
+
+
+def tsv_line(result: Prediction) -> str:
+    """``file<TAB>text<TAB>confidence``, as ``labels.tsv`` reads it back (``#...`` there is a comment: ``./#...``)."""
+    path = f"./{result.path}" if result.path.startswith("#") else result.path
+    return f"{path}\t{result.text}\t{result.confidence:.4f}"
 
 
 def predict(paths: Sequence[str], checkpoint_path: str, cfg, platform: str = "CPU",
@@ -87,10 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         set_up(args.platform, device_id=args.device_id)
         results = predict(paths, args.checkpoint_path, cfg, args.platform,
                           given=explicit_overrides(args), quiet=args.quiet)
+        write_stdout(tsv_line(result) for result in results)
     except ValueError as err:
         return report_error("predict.py", err)
-    for result in results:
-        print(f"{result.path}\t{result.text}\t{result.confidence:.4f}")
     return 0
 
 

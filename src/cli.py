@@ -1,7 +1,11 @@
 """Command-line conventions shared by the entry points."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+from typing import Iterable
 
 
 def report_error(script: str, err: BaseException) -> int:
@@ -9,3 +13,42 @@ def report_error(script: str, err: BaseException) -> int:
     text = str(err).strip()
     print(f"{script}: error: {text.splitlines()[0] if text else type(err).__name__}", file=sys.stderr)
     return 2
+
+
+def write_stdout(lines: Iterable[str]) -> None:
+    """Print ``lines`` on stdout and flush them; a stdout that cannot take them is :func:`stdout_error`'s.
+
+    A closed stdout (``>&-``: Python's ``sys.stdout`` is None) is a ValueError too.
+    """
+    stream = sys.stdout
+    if stream is None:
+        raise ValueError("standard output is closed: there is nowhere to write the results")
+    try:
+        for line in lines:
+            stream.write(f"{line}\n")
+        stream.flush()
+    except OSError as err:
+        raise stdout_error(err) from None
+
+
+def stdout_error(err: OSError) -> ValueError:
+    """Handle ``err``, a failed write to stdout, as Unix tools do.
+
+    A reader that has gone (``| head -1``) ends the process at once, quietly, killed by SIGPIPE
+    as grep is (status 141 in the shell). Any other failure (``> /dev/full``) gives the ValueError
+    naming stdout, for the entry point's one-line error.
+    """
+    if isinstance(err, BrokenPipeError):
+        # Python ignores SIGPIPE and raises this instead; the default action ends the process.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGPIPE)
+    where = ""
+    with contextlib.suppress(OSError, ValueError):
+        where = f" ({os.readlink(f'/proc/self/fd/{sys.stdout.fileno()}')})"
+    with contextlib.suppress(OSError, ValueError):
+        # The interpreter flushes stdout again at exit: what it still buffers then goes nowhere,
+        # instead of a second report after the error line.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return ValueError(f"cannot write the results to standard output{where}: {err.strerror or err}")

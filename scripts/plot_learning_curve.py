@@ -4,7 +4,7 @@
 
 Top: training loss against step; bottom: held-out sequence error rate (1 - exact accuracy)
 against step, both on log axes, with reference lines at 5 %, 2 % and 1 % error (95, 98 and
-99 % accuracy). Needs matplotlib (optional: pip install matplotlib).
+99 % accuracy). Needs matplotlib (pinned in requirements.txt).
 """
 from __future__ import annotations
 

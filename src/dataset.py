@@ -11,15 +11,19 @@ on every platform, and images are normalised as the spec says.
 """
 from __future__ import annotations
 
+import io
 import os
 import random
+import stat
+import struct
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from src.captcha_spec import CaptchaSpec
 from src.render import Renderer, RenderStyle, resolve_fonts, sample_label
@@ -45,21 +49,63 @@ def parse_label(file_name: str, spec: CaptchaSpec) -> str:
     return spec.check_label(stem.split("-", 1)[1], source=file_name)
 
 
+def regular_file_problem(path: str, what: str = "an image file") -> Optional[str]:
+    """Why ``path`` is not a regular file (None if it is), found without opening it: opening a FIFO blocks.
+
+    A broken symbolic link is named with its missing target; a folder, FIFO, socket or device
+    is said to be one, not ``what``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"{path}: a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"{path}: does not exist"
+    except OSError as err:
+        return f"{path}: cannot be read ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+    return f"{path}: {next((kind for test, kind in kinds if test(mode)), 'a device')}, not {what}"
+
+
 def list_image_files(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> List[str]:
     """Sorted paths of the files in ``folder`` whose extension (any case) is one of ``extensions``.
 
-    Other files are not images and are left out; a missing folder or one with no such file is
-    a ValueError.
+    Other files are not images and are left out. A missing folder, one with no such file, and a
+    name with such an extension that is not a regular file (a broken symbolic link, a folder, a
+    FIFO, ...) are ValueErrors: an image that cannot be read is never skipped silently.
     """
     if not os.path.exists(folder):
         raise ValueError(f"dataset folder {folder}: does not exist")
     if not os.path.isdir(folder):
         raise ValueError(f"dataset folder {folder}: is not a folder")
-    names = sorted(n for n in os.listdir(folder)
-                   if os.path.splitext(n)[1].lower() in extensions and os.path.isfile(os.path.join(folder, n)))
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if os.path.splitext(entry.name)[1].lower() not in extensions:
+                continue
+            # is_file() needs no system call for a plain file; only the others are looked at closely.
+            problem = None if entry.is_file() else regular_file_problem(entry.path)
+            if problem:
+                raise ValueError(problem)
+            names.append(entry.name)
     if not names:
         raise ValueError(f"dataset folder {folder}: holds no {'/'.join(extensions)} files")
-    return [os.path.join(folder, n) for n in names]
+    return [os.path.join(folder, n) for n in sorted(names)]
+
+
+def _listed_name(folder: str, written: str) -> Optional[str]:
+    """The name in ``folder`` of a file listed as ``written``, or None if there is no such entry.
+
+    Leading ``/``-separated folders are dropped; backslashes separate folders only when the name
+    with them is not in the folder (``a\\b.png`` may be a Linux file name or a Windows path).
+    """
+    name = written.rsplit("/", 1)[-1]
+    for candidate in (name, name.rsplit("\\", 1)[-1]):
+        if candidate and os.path.lexists(os.path.join(folder, candidate)):
+            return candidate
+    return None
 
 
 def read_labels_tsv(folder: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
@@ -67,9 +113,15 @@ def read_labels_tsv(folder: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
 
     A line is ``file<TAB>label`` (a third column, predict.py's confidence, is ignored). ``file``
     names an image in the folder; leading folders are dropped, so predict.py's output can be
-    used as it is. Empty lines and lines starting with ``#`` are skipped.
+    used as it is, also with Windows paths (a backslash separates folders unless the name with
+    it is in the folder). Empty lines and lines starting with ``#`` are comments, so an image
+    whose name starts with ``#`` is listed as ``./#0.png``. A listed or unlisted image that is
+    not a regular file (a broken symbolic link, a folder, ...) is an error.
     """
     path = os.path.join(folder, LABELS_FILE)
+    problem = regular_file_problem(path, "a file of labels")
+    if problem:
+        raise ValueError(f"{problem}; move it away to label the images by their file names")
     try:
         with open(path, "rb") as handle:
             text = handle.read().decode("utf-8-sig")
@@ -84,44 +136,153 @@ def read_labels_tsv(folder: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
         fields = line.split("\t")
         if len(fields) not in (2, 3):
             raise ValueError(f"{path}:{number}: expected file<TAB>label, got {len(fields)} field(s): {line[:80]!r}")
-        name = os.path.basename(fields[0].replace("\\", "/"))
+        name = _listed_name(folder, fields[0])
+        if name is None:
+            raise ValueError(f"{path}:{number}: {fields[0]} does not exist in {folder}")
         if name in seen:
             raise ValueError(f"{path}:{number}: {name} is listed twice (first on line {seen[name]})")
         seen[name] = number
         image = os.path.join(folder, name)
-        if not os.path.isfile(image):
-            raise ValueError(f"{path}:{number}: {name} does not exist in {folder}")
+        problem = regular_file_problem(image)
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
         samples.append((image, spec.check_label(fields[1], source=f"{path}:{number}")))
     if not samples:
         raise ValueError(f"{path}: lists no images")
-    unlisted = [p for p in list_image_files(folder) if os.path.basename(p) not in seen]
+    unlisted = [os.path.basename(p) for p in list_image_files(folder) if os.path.basename(p) not in seen]
     if unlisted:
-        raise ValueError(f"{path}: {len(unlisted)} image(s) of the folder are not listed "
-                         f"(e.g. {os.path.basename(unlisted[0])}); list every image or move it out")
+        example = next((n for n in unlisted if n.startswith("#")), unlisted[0])
+        hint = (f"; a line starting with '#' is a comment: list it as ./{example}" if example.startswith("#")
+                else "; list every image or move it out")
+        raise ValueError(f"{path}: {len(unlisted)} image(s) of the folder are not listed (e.g. {example}){hint}")
     return samples
 
 
 def list_samples(dataset_path: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
     """``(path, label)`` of every image of a dataset folder (from ``labels.tsv`` or the file names)."""
-    if os.path.isfile(os.path.join(dataset_path, LABELS_FILE)):
+    if os.path.lexists(os.path.join(dataset_path, LABELS_FILE)):
         return read_labels_tsv(dataset_path, spec)
     return [(path, parse_label(path, spec)) for path in list_image_files(dataset_path)]
 
 
 def _unreadable(path: str, err: Exception) -> str:
     kind = _FORMAT_NAMES.get(os.path.splitext(path)[1].lower())
-    return f"{path}: not a readable {kind + ' ' if kind else ''}image ({type(err).__name__}: {err})"
+    detail = " ".join(str(err).split())   # one line, whatever the decoder wrote
+    return f"{path}: not a readable {kind + ' ' if kind else ''}image ({type(err).__name__}: {detail})"
+
+
+# Adam7 interlacing: (first column, first row, column step, row step) of each of the 7 passes.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_data(data: bytes) -> None:
+    """OSError if the zlib stream of a PNG ends before its last pixel row: Pillow reads such a
+    file without a word, the missing rows black."""
+    header, stream, size, pos = None, zlib.decompressobj(), 0, 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            size += len(stream.decompress(data[pos + 8:pos + 8 + length]))
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    width, height, depth, colour, _, _, interlace = header
+    bits = depth * _PNG_CHANNELS[colour]
+    expected = 0
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            expected += rows * (1 + (columns * bits + 7) // 8)
+    if size < expected:
+        raise OSError(f"its image data stops after {size} of {expected} bytes")
+
+
+def _to_8_bit_grey(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit grey, by scaling.
+
+    Pillow's own conversion clips at 255, so a 16-bit image would read white. 16-bit values
+    (and 32-bit ones in 0-65535: Pillow's mode for some 16-bit files) are divided by 257 and
+    rounded; floats are read as 0-1 when none is above 1, else as 0-255. Other values are
+    refused.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        low, high = float(values.min()), float(values.max())
+        if not (np.isfinite(values).all() and low >= 0 and high <= 255):
+            raise ValueError(f"float pixel values from {low} to {high}: only 0-1 and 0-255 are read")
+        grey = np.rint(values * (255.0 if high <= 1 else 1.0))
+    else:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"32-bit pixel values from {low} to {high}: only 16-bit ones (0-65535) are read")
+        grey = (values.astype(np.uint32) + 128) // 257
+    return Image.fromarray(grey.astype(np.uint8), "L")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _to_8_bit_grey(image).convert("RGB")
+    if image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info:
+        # Dropping the alpha would show the colour under transparent pixels, often black.
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_bgr(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of an image file (of an animation, the first frame) as uint8 HWC in BGR
+    order; ValueError naming ``name`` if they are not a readable image.
+
+    The EXIF orientation is applied, as image viewers do. Grayscale, palette, CMYK and other
+    8-bit modes are converted to RGB; 16-bit and float pixels are scaled to 8 bits
+    (:func:`_to_8_bit_grey`); a transparent image is laid on white. A PNG whose image data
+    stops short is refused.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            ImageOps.exif_transpose(image, in_place=True)
+            if image.format == "PNG":
+                _check_png_data(data)
+            rgb = np.asarray(_to_rgb(image))
+    except UnidentifiedImageError:
+        # Pillow's text names the in-memory file object, not the file.
+        raise ValueError(_unreadable(name, UnidentifiedImageError(f"cannot identify image file {name!r}"))) from None
+    except Exception as err:  # PIL raises many types; each means "not a readable image"
+        raise ValueError(_unreadable(name, err)) from None
+    # The original swapped to BGR; kept so its normalisation statistics and checkpoints apply.
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def load_bgr(path: str) -> np.ndarray:
+    """Read an image file as :func:`decode_bgr` decodes one; ValueError naming the file if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise ValueError(_unreadable(path, err)) from None
+    return decode_bgr(data, path)
 
 
 def _check_image(path: str) -> Optional[str]:
+    """Why the image file ``path`` is unreadable, or None: it is decoded whole, and a PNG's CRCs checked."""
     try:
-        with Image.open(path) as image:
-            if image.format == "PNG":
-                image.verify()  # every chunk and its CRC, without decoding: catches truncated or damaged files
-            else:
-                image.load()    # other formats have no verify(): only decoding finds a truncated file
-    except Exception as err:  # PIL raises many types; each means "not a readable image"
+        with open(path, "rb") as handle:
+            data = handle.read()
+        decode_bgr(data, path)  # the whole image, as the pipeline will read it
+    except ValueError as err:
+        return str(err)
+    except OSError as err:
         return _unreadable(path, err)
+    if data.startswith(_PNG_SIGNATURE):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()  # every chunk's CRC, which decoding does not check
+        except Exception as err:  # PIL raises many types; each means "not a readable image"
+            return _unreadable(path, err)
     return None
 
 
@@ -131,20 +292,6 @@ def check_images(paths: Sequence[str], workers: int = 4) -> None:
         for problem in pool.map(_check_image, paths, chunksize=256):
             if problem:
                 raise ValueError(problem)
-
-
-def load_bgr(path: str) -> np.ndarray:
-    """Read an image (of an animation, the first frame) as uint8 HWC in BGR order.
-
-    Grayscale, RGBA, palette and other modes are converted to RGB first.
-    """
-    try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-    except Exception as err:
-        raise ValueError(_unreadable(path, err)) from None
-    # The original swapped to BGR; kept so its normalisation statistics and checkpoints apply.
-    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 class CaptchaSource:

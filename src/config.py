@@ -15,10 +15,11 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from src.captcha_spec import DIGITS, NORMALIZATIONS, CaptchaSpec
+from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, CaptchaSpec
 from src.render import RenderStyle
 
 _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
@@ -28,9 +29,9 @@ _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
 class Config:
     """WarpCTC parameters; names and defaults follow the original model zoo's table."""
 
-    charset: str = field(default=DIGITS, metadata={"help": "the alphabet, case-sensitive: distinct characters; "
-                                                           "class count = its length + 1, the CTC blank = its "
-                                                           "length"})
+    charset: str = field(default=DIGITS, metadata={"help": "the alphabet, case-sensitive: distinct characters, "
+                                                           f"at most {MAX_CHARSET:,}; class count = its length + 1, "
+                                                           "the CTC blank = its length"})
     max_captcha_digits: int = field(default=4, metadata={"help": "max number of characters in each captcha "
                                                                  "(labels have 1..N)"})
     captcha_width: int = field(default=160, metadata={"help": "width of captcha images (= CTC sequence length)"})
@@ -186,24 +187,62 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     raise ValueError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
 
 
-def load_yaml_overrides(path: str) -> dict:
-    """Read a YAML mapping of config overrides; unknown keys and wrong types are errors."""
+def _read_yaml(path: str) -> Any:
+    """The YAML document of ``path``: ValueError naming the file (and the line where YAML marks
+    one) when it cannot be read, is not UTF-8 or is not valid YAML, a key given twice included."""
     import yaml  # only needed when a YAML file is given
 
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """PyYAML keeps the last of two equal keys silently; YAML says keys are unique."""
+
+        def construct_mapping(self, node, deep=False):
+            first_line = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue        # `<<: *defaults`: the mapping's own keys may override merged ones
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue        # refused by SafeLoader below, with its own message
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice, first on line {first_line[key]}",
+                        key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise ValueError(f"config file {path}: cannot be read ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ValueError(f"config file {path}{line}: invalid YAML ({err.problem or err.context})") from None
+    except (yaml.YAMLError, ValueError) as err:     # PyYAML's dates raise ValueError (month 13)
+        raise ValueError(f"config file {path}: invalid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_yaml_overrides(path: str) -> dict:
+    """Read a YAML mapping of config overrides; unknown keys and wrong types are errors."""
     if not os.path.isfile(path):
         raise ValueError(f"config file {path}: not found")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    data = _read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of name: value, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(CONFIG_FIELDS))
+    # YAML reads `1:` and `~:` as a number and None: shown with their type, never compared with names.
+    unknown = sorted(key if isinstance(key, str) else f"{key!r} ({type(key).__name__})"
+                     for key in data if key not in CONFIG_FIELDS)
     if unknown:
-        raise ValueError(f"config file {path}: unknown key(s) {', '.join(map(str, unknown))}; "
+        raise ValueError(f"config file {path}: unknown key(s) {', '.join(unknown)}; "
                          f"known: {', '.join(CONFIG_FIELDS)}")
     return {name: _coerce(name, value, f"config file {path}") for name, value in data.items()}
 

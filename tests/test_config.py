@@ -45,6 +45,40 @@ def test_bad_yaml_names_file_and_problem(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("batch_size: 8\nseed: 2\nbatch_size: 9\n", ":3: invalid YAML (key 'batch_size' is given twice, first on line 1)"),
+    ("charset: ab\nfonts: {a: 1, a: 2}\n", ":2: invalid YAML (key 'a' is given twice, first on line 2)"),
+    ("1: 2\nbatch_sise: 3\n", ": unknown key(s) 1 (int), batch_sise; known: charset, "),
+    ("~: 1\nbatch_sise: 3\n", ": unknown key(s) None (NoneType), batch_sise; known: charset, "),
+    ("seed: 2020-13-01\n", ": invalid YAML (month must be in 1..12)"),
+])
+def test_duplicate_and_non_name_yaml_keys_are_one_line_errors_naming_the_file(tmp_path, text, message):
+    # PyYAML kept the last of two equal keys silently; sorted() failed on keys that are not strings.
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        parse(["--config_path", str(path)])
+    assert str(err.value).startswith(f"config file {path}{message}") and "\n" not in str(err.value)
+
+
+def test_a_config_that_is_not_utf8_is_named_and_a_yaml_merge_may_still_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\ncharset: \xff\n")
+    with pytest.raises(ValueError) as err:
+        parse(["--config_path", str(path)])
+    assert str(err.value) == f"config file {path}: not UTF-8 text (byte 17)"
+    path.write_text("<<: {seed: 1, batch_size: 8}\nseed: 2\n", encoding="utf-8")     # YAML's override idiom
+    cfg = parse(["--config_path", str(path)])
+    assert (cfg.seed, cfg.batch_size) == (2, 8)
+
+
+def test_the_charset_help_states_the_alphabet_bound():
+    from src.captcha_spec import MAX_CHARSET
+
+    help_text = " ".join(add_config_arguments(argparse.ArgumentParser()).format_help().split())
+    assert f"at most {MAX_CHARSET:,};" in help_text and MAX_CHARSET == 1000
+
+
 def test_invalid_values_rejected():
     with pytest.raises(ValueError, match="--batch_size must be positive"):
         parse(["--batch_size", "0"])

@@ -78,6 +78,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"({out['images'] / max(out['seconds'], 1e-9):.0f} images/s)"])
     except ValueError as err:
         return report_error("eval.py", err)
+    except RuntimeError as err:        # an image that went bad after the up-front check
+        from src.dataset import pipeline_error
+
+        return report_error("eval.py", pipeline_error(err))
     return 0
 
 

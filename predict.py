@@ -53,7 +53,7 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
     Each path must fit one line of the TSV output: one with a tab or a line break, or that is
     not UTF-8, is a ValueError naming it.
     """
-    from src.dataset import list_image_files
+    from src.dataset import list_image_files, regular_file_problem
 
     paths: List[str] = []
     for item in inputs:
@@ -62,7 +62,7 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            raise ValueError(f"{item}: no such file or folder")
+            raise ValueError(regular_file_problem(item) if os.path.lexists(item) else f"{item}: no such file or folder")
     for path in paths:
         if any(char in _TSV_BREAKS for char in path):
             raise ValueError(f"{path!r}: a tab or line break in the path would split its line of the output; "
@@ -116,6 +116,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_stdout(tsv_line(result) for result in results)
     except ValueError as err:
         return report_error("predict.py", err)
+    except RuntimeError as err:        # an image that went bad after the up-front check
+        from src.dataset import pipeline_error
+
+        return report_error("predict.py", pipeline_error(err))
     return 0
 
 

@@ -294,6 +294,19 @@ def check_images(paths: Sequence[str], workers: int = 4) -> None:
                 raise ValueError(problem)
 
 
+def pipeline_error(err: RuntimeError) -> ValueError:
+    """The one-line ValueError that a source raised inside the MindSpore pipeline, which reports it
+    wrapped in a long RuntimeError (two call stacks around it); ``err`` itself when it holds none.
+
+    For a file that turns bad after the up-front check (changed on disk meanwhile).
+    """
+    ours = [line[len("ValueError: "):] for line in str(err).splitlines()
+            if line.startswith("ValueError: ") and not line.startswith("ValueError: Traceback")]
+    if not ours:
+        raise err
+    return ValueError(ours[-1])
+
+
 class CaptchaSource:
     """Random-access source for ``GeneratorDataset``: index -> (BGR uint8 image, coded label)."""
 

@@ -312,3 +312,31 @@ def test_decode_bgr_of_the_bytes_is_load_bgr_of_the_file(captchas):
     with pytest.raises(ValueError, match=r"^upload.png: not a readable PNG image \(UnidentifiedImageError: cannot "
                                          r"identify image file 'upload.png'\)$"):
         decode_bgr(b"not an image", "upload.png")
+
+
+def test_an_image_that_goes_bad_after_the_check_is_one_line_naming_it(captchas, tmp_path, monkeypatch, capsys):
+    """A file changed on disk between the up-front check and its read (simulated by skipping the check)
+    stops predict.py with one line naming it, not MindSpore's two call stacks."""
+    import predict
+    import src.dataset
+
+    folder = tmp_path / "race"
+    shutil.copytree(os.path.dirname(captchas[0]), folder)
+    victim = os.path.basename(captchas[1])
+    (folder / victim).write_bytes(b"not a png any more")
+    monkeypatch.setattr(src.dataset, "check_images", lambda paths, workers=4: None)
+    status = predict.main(["--checkpoint_path", RELEASED, "--quiet", str(folder)])
+    out = capsys.readouterr()
+    assert status == 2
+    lines = [line for line in out.err.splitlines() if line.strip() and "[WARNING]" not in line]
+    assert len(lines) == 1, out.err
+    assert lines[0].startswith("predict.py: error: ") and victim in lines[0] and "not a readable PNG" in lines[0]
+
+
+def test_predict_names_a_broken_link_given_on_its_command_line(tmp_path):
+    import predict
+
+    link = tmp_path / "gone.png"
+    os.symlink(tmp_path / "missing.png", link)
+    with pytest.raises(ValueError, match=r"gone\.png: a symbolic link to .*missing\.png, which does not exist"):
+        predict.collect_images([str(link)])

@@ -9,7 +9,9 @@ Each file is ``<zero-padded index>-<label>.png``; the label is the part after th
 number of worker processes. A split is rendered into a hidden staging folder and swapped
 in only when complete, so a re-run never leaves old and new images mixed; a split that fails
 (full disk, read-only folder) leaves the previous one as it was. Every split carries a
-``manifest.json`` saying how it was rendered (see ``src/manifest.py``). Staging folders left
+``manifest.json`` saying how it was rendered (see ``src/manifest.py``); an existing folder is
+replaced only when it is empty or that manifest vouches for everything in it, so a user's own
+images are never deleted (see :func:`check_replaceable`). Staging folders left
 by a killed run are removed by the next run, and worker processes die with their parent.
 """
 from __future__ import annotations
@@ -18,15 +20,17 @@ import argparse
 import ctypes
 import datetime
 import importlib.metadata
+import itertools
 import multiprocessing
 import os
 import random
 import re
 import shutil
 import signal
+import stat
 import sys
 import time
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from src.captcha_spec import CaptchaSpec
 from src.cli import report_error
@@ -37,19 +41,22 @@ from src.render import MIN_LENGTH, STYLE_FIELDS, Renderer, RenderStyle, sample_l
 # The Config fields that decide what is rendered; the others belong to training.
 RENDER_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed") + STYLE_FIELDS
 FILE_RE = re.compile(r"^\d+-(?P<label>.+)\.png$")
+INDEX_RE = re.compile(r"^(?P<index>\d+)-.+\.png$")
 # Hidden folders of a run in progress: the split being rendered, and the split it replaces.
 LEFTOVER_RE = re.compile(r"^\.(?P<split>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
 def plan_split(count: int, spec: CaptchaSpec, seed: int, split: str) -> List[Tuple[str, str]]:
     """File names and labels of one split, a pure function of (count, alphabet, max length, seed, split)."""
+    return list(_plan(count, spec, seed, split))
+
+
+def _plan(count: int, spec: CaptchaSpec, seed: int, split: str) -> Iterator[Tuple[str, str]]:
     rng = random.Random(f"warpctc-labels-{seed}-{split}")
     width = len(str(count))
-    plan = []
     for index in range(count):
         label = sample_label(rng, spec)
-        plan.append((f"{index:0{width}d}-{label}.png", label))
-    return plan
+        yield f"{index:0{width}d}-{label}.png", label
 
 
 def image_seed(seed: int, split: str, index: int) -> str:
@@ -155,26 +162,46 @@ def _swap_in(staging: str, out_dir: str) -> None:
               f"the next run removes it", file=sys.stderr)
 
 
-def _foreign_files(out_dir: str, spec: CaptchaSpec) -> List[str]:
-    """Names in an existing split folder that process_data.py would not have written there.
+def check_replaceable(out_dir: str) -> None:
+    """ValueError naming ``out_dir`` unless the existing folder may be replaced by a new split.
 
-    Ours are the manifest and ``<index>-<label>.png`` files whose label is made of the alphabet
-    being rendered or of the one the folder's manifest records (a split of another alphabet
-    that this run replaces).
+    An empty folder may be filled. Any other must be a split that process_data.py wrote: its
+    manifest is valid, and every other entry is a regular file among those the manifest's split
+    was rendered as (recomputed from its count, seed, split, alphabet and length). Anything else
+    may be a user's own data, which is never deleted.
     """
-    alphabet = set(spec.charset)
+    names = os.listdir(out_dir)
+    if not names:
+        return
+    refuse = "refusing to replace it, choose another --output_dir"
+    advice = ("refusing to replace the folder (process_data.py replaces only a split its manifest describes); "
+              "delete it yourself to re-render it")
+    manifest = read_manifest(out_dir, advice=advice)
+    if manifest is None:
+        raise ValueError(f"{out_dir}: holds files that process_data.py did not write (e.g. {min(names)}) and no "
+                         f"{MANIFEST_NAME}; {refuse}")
+    path = os.path.join(out_dir, MANIFEST_NAME)
     try:
-        manifest = read_manifest(out_dir)
-    except ValueError:
-        manifest = None          # a damaged manifest goes with the split it describes
-    if manifest is not None:
-        alphabet |= set(manifest["alphabet"])
-    foreign = []
-    for name in os.listdir(out_dir):
-        match = FILE_RE.match(name)
-        if name != MANIFEST_NAME and not (match and set(match.group("label")) <= alphabet):
-            foreign.append(name)
-    return sorted(foreign)
+        spec = CaptchaSpec(charset=manifest["alphabet"], max_length=manifest["max_length"], width=manifest["width"],
+                           height=manifest["height"])
+        if manifest["count"] <= 0:
+            raise ValueError(f"'count' is {manifest['count']}")
+    except ValueError as err:
+        raise ValueError(f"{path}: damaged dataset manifest ({err}); {advice}") from None
+    count = manifest["count"]
+    width = len(str(count))
+    # Only names of the split's own form can be its files; labels are recomputed up to the largest
+    # index present, which is below the count the split was rendered with.
+    indices = [int(match.group("index")) for match in map(INDEX_RE.match, names)
+               if match and len(match.group("index")) == width and int(match.group("index")) < count]
+    written = {name for name, _ in itertools.islice(
+        _plan(count, spec, manifest["seed"], manifest["split"]), max(indices, default=-1) + 1)}
+    written.add(MANIFEST_NAME)
+    foreign = sorted(name for name in names
+                     if name not in written or not stat.S_ISREG(os.lstat(os.path.join(out_dir, name)).st_mode))
+    if foreign:
+        raise ValueError(f"{out_dir}: holds files that process_data.py did not write (e.g. {foreign[0]}) beside the "
+                         f"split its {MANIFEST_NAME} describes; {refuse}")
 
 
 def render_split(out_dir: str, count: int, *, spec: CaptchaSpec = CaptchaSpec(), seed: int = 1,
@@ -194,10 +221,7 @@ def render_split(out_dir: str, count: int, *, spec: CaptchaSpec = CaptchaSpec(),
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"{out_dir}: exists and is not a folder")
-        foreign = _foreign_files(out_dir, spec)
-        if foreign:
-            raise ValueError(f"{out_dir}: holds files that process_data.py did not write "
-                             f"(e.g. {foreign[0]}); refusing to replace it, choose another --output_dir")
+        check_replaceable(out_dir)
     kept = "the existing folder is left as it was" if os.path.exists(out_dir) else "nothing was written"
     parent = os.path.dirname(out_dir)
     try:

@@ -4,8 +4,8 @@
 A style here is not a mix of the generator's options: it differs in how text is drawn and
 spoiled, so a model that reads it has generalised rather than memorised a covered style.
 
-- ``ink``: DejaVu Serif glyphs (regular, bold, italic; the robust base trains on sans fonts
-  only), each rotated and overlapping its neighbour, dark ink on a cream paper background
+- ``ink``: DejaVu Serif glyphs (regular, bold, italic, bold italic: the ``dejavu-serif`` faces
+  that the matplotlib package ships; the robust base trains on sans fonts only), each rotated and overlapping its neighbour, dark ink on a cream paper background
   with fibres, a thick wavy stroke through the text, then smoothed.
 - ``stamp``: Pillow's built-in font at varying sizes, each character its own colour, on a
   two-colour gradient with a hatch of thin lines behind and in front of the text, a
@@ -37,20 +37,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
-from src.render import sample_label  # noqa: E402
+from src.render import package_font_files, sample_label  # noqa: E402
 
-DEJAVU = "/usr/share/fonts/truetype/dejavu"
-SERIF_FILES = ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf")
 SPLIT_RE = re.compile(r"^(?P<name>[a-z]+)(?P<count>\d+)$")
 
 
 def _serif_fonts() -> List[str]:
-    paths = [os.path.join(DEJAVU, name) for name in SERIF_FILES]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise ValueError(f"style ink needs the DejaVu Serif fonts: {missing[0]} does not exist "
-                         "(Debian: apt-get install fonts-dejavu-core fonts-dejavu-extra)")
-    return paths
+    try:
+        return package_font_files("dejavu-serif")
+    except ValueError as err:
+        raise ValueError(f"style ink: {err}") from None
 
 
 def _glyph(char: str, font: ImageFont.FreeTypeFont, color: Tuple[int, ...], angle: float) -> Image.Image:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from functools import cached_property
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -26,6 +27,9 @@ SPEC_KEY = "captcha_spec"      # name of the spec's JSON entry inside a checkpoi
 # channel; "per_image", each channel of each image to mean 0 and std 1 (robust to colours,
 # brightness and contrast the training data did not have).
 NORMALIZATIONS = ("fixed", "per_image")
+# The largest alphabet (each character is a class of the network): far more than any captcha
+# alphabet of Latin letters, so that a file pasted into --charset by mistake is one clear error.
+MAX_CHARSET = 1000
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,18 @@ class CaptchaSpec:
     normalization: str = NORMALIZATIONS[0]
 
     def __post_init__(self):
+        # A spec may come from a file (a checkpoint's JSON): a wrong type must fail here, naming the
+        # field, not later inside decoding or the network.
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{name!r} must be {kind.__name__}, got {value!r:.40} ({type(value).__name__})")
         if not self.charset:
             raise ValueError("--charset is empty: give the characters a captcha can hold, e.g. 0123456789")
-        repeated = sorted({c for c in self.charset if self.charset.count(c) > 1})
+        if len(self.charset) > MAX_CHARSET:
+            raise ValueError(f"--charset has {len(self.charset)} characters, more than the {MAX_CHARSET} allowed "
+                             f"(one network class each); it starts {self.charset[:20]!r}")
+        repeated = sorted(char for char, count in Counter(self.charset).items() if count > 1)
         if repeated:
             raise ValueError(f"--charset {self.charset!r} repeats {''.join(repeated)!r}: every character "
                              "must appear once")
@@ -213,3 +226,4 @@ def ctc_log_likelihood(log_probs: np.ndarray, labels: Sequence[Sequence[int]], b
 
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}
+_FIELD_TYPES = {"charset": str, "max_length": int, "width": int, "height": int, "normalization": str}

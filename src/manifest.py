@@ -46,31 +46,32 @@ def write_manifest(folder: str, info: Dict[str, Any]) -> str:
     return path
 
 
-def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
-    """The manifest of a split folder, or None when it has none; ValueError naming a damaged one."""
+def read_manifest(folder: str, advice: str = "delete it or re-render the split") -> Optional[Dict[str, Any]]:
+    """The manifest of a split folder, or None when it has none; ValueError naming a damaged one
+    (the message ends with ``advice``, what the user can do about it)."""
     path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isfile(path):
+        # A FIFO would block the open below forever; a folder or a broken link is no manifest either.
+        raise ValueError(f"{path}: damaged dataset manifest (not a regular file); {advice}")
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except FileNotFoundError:
-        return None
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the dataset manifest ({getattr(err, 'strerror', None) or err})") \
-            from None
+        raise ValueError(f"{path}: cannot read the dataset manifest ({getattr(err, 'strerror', None) or err}); "
+                         f"{advice}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: damaged dataset manifest (invalid JSON: {err.msg} at line {err.lineno}); "
-                         f"delete it or re-render the split") from None
+                         f"{advice}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: damaged dataset manifest (expected a JSON object); "
-                         f"delete it or re-render the split")
+        raise ValueError(f"{path}: damaged dataset manifest (expected a JSON object); {advice}")
     for name, kind in FIELDS.items():
         value = data.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"{path}: damaged dataset manifest ({name!r} missing or not {kind.__name__}); "
-                             f"delete it or re-render the split")
+            raise ValueError(f"{path}: damaged dataset manifest ({name!r} missing or not {kind.__name__}); {advice}")
     if not isinstance(data.get("style", {}), dict):
-        raise ValueError(f"{path}: damaged dataset manifest ('style' is not an object); "
-                         f"delete it or re-render the split")
+        raise ValueError(f"{path}: damaged dataset manifest ('style' is not an object); {advice}")
     return data
 
 

@@ -11,10 +11,12 @@ release rendered); each style option changes that and is off by default.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import random
 import secrets
+import stat
 import threading
 from dataclasses import dataclass, fields
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -27,12 +29,24 @@ from src.captcha_spec import CaptchaSpec
 
 MIN_LENGTH = 1                 # labels have MIN_LENGTH..max_length characters, as the spec reads them
 FONT_EXTENSIONS = (".ttf", ".otf", ".ttc")
+# `fonts` names for font families a pip package ships (matplotlib, pinned in requirements.txt),
+# so that a style needs no font from the system: name -> the files of its four faces in
+# matplotlib's mpl-data/fonts/ttf (regular, bold, oblique or italic, bold oblique or bold italic).
+PACKAGE_FONTS = {
+    "dejavu-sans": ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf"),
+    "dejavu-sans-mono": ("DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+                         "DejaVuSansMono-BoldOblique.ttf"),
+    "dejavu-serif": ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
+                     "DejaVuSerif-BoldItalic.ttf"),
+}
 # Where `fonts: system` looks (Linux, macOS, Windows), as fontconfig and the OSes install them.
 SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "~/.local/share/fonts",
                     "/Library/Fonts", "/System/Library/Fonts", "~/Library/Fonts", r"C:\Windows\Fonts")
 # The least luminance difference between text and background: captcha's own worst case
 # (background >= 238, text <= 200), so its default draws are never redrawn.
 MIN_CONTRAST = 38
+# Font sizes are at most this many times the image height (captcha's default 56 in 64 pixels is 0.875).
+MAX_FONT_SCALE = 2
 _CONTRAST_TRIES = 50
 # A code point no font draws: what a font renders for a character it lacks (its .notdef glyph).
 _NO_GLYPH = "\U0010FFFF"
@@ -124,7 +138,9 @@ class RenderStyle:
     """How captchas look beyond the spec. The defaults are ``captcha``'s own drawing.
 
     ``fonts``: ``captcha`` (the font the package ships), ``system`` (the TrueType/OpenType fonts
-    installed on this machine that draw the whole alphabet), font files or folders of them.
+    installed on this machine that draw the whole alphabet), ``dejavu-sans``, ``dejavu-sans-mono``,
+    ``dejavu-serif`` (:data:`PACKAGE_FONTS`: DejaVu faces from the matplotlib package), font files or
+    folders of them. ``font_sizes`` are at most MAX_FONT_SCALE x the image height (see :func:`check_fits`).
     Colours are per-channel ranges; the text colour is redrawn (up to 50 times) until it differs
     from the background by at least MIN_CONTRAST grey levels. ``char_*`` scale ``captcha``'s per-character transforms;
     ``image_*`` and ``color_jitter`` are whole-image augmentations drawn from the same seed (0 = off).
@@ -152,7 +168,8 @@ class RenderStyle:
         """
         fonts = tuple(part.strip() for part in cfg.fonts.split(",") if part.strip())
         if not fonts:
-            raise ValueError("--fonts is empty: give captcha, system, or font files/folders (comma-separated)")
+            raise ValueError(f"--fonts is empty: give captcha, system, {', '.join(PACKAGE_FONTS)}, or font "
+                             "files/folders (comma-separated)")
         for name, (low, high) in _LIMITS.items():
             value = getattr(cfg, name)
             if not low <= value <= high:
@@ -190,20 +207,86 @@ STYLE_FIELDS = ("fonts", "font_sizes", "text_colors", "background_colors") + tup
 """The Config fields of the style, in the order of RenderStyle."""
 
 
+def check_fits(style: RenderStyle, spec: CaptchaSpec) -> None:
+    """ValueError naming the option unless ``style`` can draw captchas of ``spec``'s size.
+
+    ``captcha`` draws each character at its font size, then scales the line into the image; a
+    size far beyond the height only makes FreeType fail ("invalid pixel size") or allocate huge
+    glyph images, so sizes are bounded by MAX_FONT_SCALE x the height.
+    """
+    limit = MAX_FONT_SCALE * spec.height
+    if max(style.font_sizes) > limit:
+        raise ValueError(f"--font_sizes {','.join(map(str, style.font_sizes))}: {max(style.font_sizes)} pixels is "
+                         f"more than {MAX_FONT_SCALE} x --captcha_height {spec.height} = {limit}, the largest "
+                         f"size drawn into an image that high")
+
+
 # -- fonts -----------------------------------------------------------------------------------------
 
 def system_font_files() -> List[str]:
-    """Every font file under the usual system font folders, sorted (the order fixes the draws)."""
+    """Every font file under the usual system font folders, sorted (the order fixes the draws).
+
+    Only regular files count: a FIFO named like a font would block the first read forever.
+    """
     found = []
     for folder in SYSTEM_FONT_DIRS:
-        found += _font_files_in(os.path.expanduser(folder))
+        found += _font_files_in(os.path.expanduser(folder), strict=False)
     return sorted(set(found))
 
 
-def _font_files_in(folder: str) -> List[str]:
+def package_font_files(family: str) -> List[str]:
+    """The four faces of a :data:`PACKAGE_FONTS` family, as the matplotlib package installed them.
+
+    ValueError (starting with ``family``) when matplotlib or one of the files is missing.
+    """
+    # find_spec locates the package without importing it: matplotlib's import would set up its
+    # config and cache folders, and only its font files are wanted.
+    found = importlib.util.find_spec("matplotlib")
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"{family}: these fonts come from the matplotlib package, which is not installed "
+                         f"(pip install -r requirements.txt)")
+    folder = os.path.join(found.submodule_search_locations[0], "mpl-data", "fonts", "ttf")
+    paths = [os.path.join(folder, name) for name in PACKAGE_FONTS[family]]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"{family}: {path} is missing from the matplotlib package "
+                             f"(reinstall it: pip install -r requirements.txt)")
+    return paths
+
+
+def _not_a_regular_file(path: str) -> Optional[str]:
+    """What ``path`` is when it is not a regular file (links followed), e.g. ``a FIFO``; None when it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.lexists(path) else "missing"
+    except OSError as err:
+        return f"a path that cannot be read ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "a device or other special file")
+
+
+def _font_files_in(folder: str, strict: bool = True) -> List[str]:
+    """The font files (by extension) in ``folder`` and below, sorted. An entry named like a font that is
+    not a regular file, or a subfolder that cannot be read, is a ValueError naming it when ``strict``,
+    else skipped (a system folder is not the user's to fix)."""
+    def unreadable(err: OSError) -> None:
+        if strict:
+            raise ValueError(f"--fonts {err.filename}: cannot read the folder ({err.strerror})")
+
     found = []
-    for root, _, names in os.walk(folder):
-        found += [os.path.join(root, n) for n in names if os.path.splitext(n)[1].lower() in FONT_EXTENSIONS]
+    for root, folders, names in os.walk(folder, onerror=unreadable):
+        for name in sorted(folders + names):
+            if os.path.splitext(name)[1].lower() not in FONT_EXTENSIONS:
+                continue
+            path = os.path.join(root, name)
+            kind = _not_a_regular_file(path)
+            if kind is None:
+                found.append(path)
+            elif strict:
+                raise ValueError(f"--fonts {path}: is {kind}, not a font file")
     return sorted(found)
 
 
@@ -229,8 +312,10 @@ def resolve_fonts(style: RenderStyle, charset: str) -> Tuple[List[str], str]:
     """``(font files, description)`` of ``style.fonts``; ValueError naming a font that cannot serve.
 
     ``captcha`` is the package's own font; ``system`` the installed fonts that draw every
-    character of ``charset`` (the others are left out, and the description says how many); any
-    other entry is a font file or a folder of them, which must load and draw the whole alphabet.
+    character of ``charset`` (the others are left out, and the description says how many); a
+    :data:`PACKAGE_FONTS` name that family's faces from the matplotlib package; any other entry is
+    a font file or a folder of them. Those last two must load and draw the whole alphabet. Only
+    regular files are opened.
     """
     from captcha.image import DEFAULT_FONTS
 
@@ -256,12 +341,24 @@ def resolve_fonts(style: RenderStyle, charset: str) -> Tuple[List[str], str]:
                          "alphabet)" if len(usable) < len(candidates) else f"system: {len(usable)} fonts")
             files += usable
             continue
-        path = os.path.expanduser(entry)
-        if not os.path.exists(path):
-            raise ValueError(f"--fonts {entry}: no such font file or folder")
-        listed = _font_files_in(path) if os.path.isdir(path) else [path]
-        if not listed:
-            raise ValueError(f"--fonts {entry}: folder holds no {'/'.join(FONT_EXTENSIONS)} files")
+        if entry in PACKAGE_FONTS:
+            try:
+                listed = package_font_files(entry)
+            except ValueError as err:
+                raise ValueError(f"--fonts {err}") from None
+        else:
+            path = os.path.expanduser(entry)
+            kind = _not_a_regular_file(path)
+            if kind == "missing":
+                raise ValueError(f"--fonts {entry}: no such font file or folder")
+            if kind == "a folder":
+                listed = _font_files_in(path)
+                if not listed:
+                    raise ValueError(f"--fonts {entry}: folder holds no {'/'.join(FONT_EXTENSIONS)} files")
+            elif kind is not None:
+                raise ValueError(f"--fonts {entry}: is {kind}, not a font file")
+            else:
+                listed = [path]
         for font_file in listed:
             try:
                 font = truetype(font_file, style.font_sizes[0])
@@ -292,11 +389,13 @@ class Renderer:
     """Draws captchas of one spec and style; any thread may call :meth:`render`. Picklable (the
     fonts are loaded again where it is unpickled).
 
-    Building one opens the fonts and checks that they draw the whole alphabet (ValueError
-    otherwise), so a bad style fails before the first image.
+    Building one checks the style against the spec (:func:`check_fits`), opens the fonts and checks
+    that they draw the whole alphabet (ValueError otherwise), so a bad style fails before the first
+    image.
     """
 
     def __init__(self, spec: CaptchaSpec, style: RenderStyle = RenderStyle()):
+        check_fits(style, spec)
         self.spec = spec
         self.style = style
         self.font_files, _ = resolve_fonts(style, spec.charset)

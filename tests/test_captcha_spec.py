@@ -1,11 +1,16 @@
 """The captcha spec: alphabet checks, label coding and greedy CTC decoding for several alphabets."""
 import itertools
+import json
+import os
 import string
+import time
 
 import numpy as np
 import pytest
 
-from src.captcha_spec import CaptchaSpec
+import process_data
+from src.captcha_spec import MAX_CHARSET, SPEC_KEY, CaptchaSpec
+from conftest import REPO, run_py
 
 ALNUM = string.digits + string.ascii_uppercase
 MIXED = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -139,3 +144,60 @@ def test_normalization_round_trips_and_a_spec_written_before_it_reads_fixed():
     with pytest.raises(ValueError, match="ckpt: damaged captcha spec"):
         CaptchaSpec.from_json('{"charset": "ab", "max_length": 4, "width": 160, "height": 64, '
                               '"normalization": "zscore"}', source="ckpt")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("width", 160.0, "'width' must be int, got 160.0 (float)"),
+    ("height", True, "'height' must be int, got True (bool)"),
+    ("max_length", "4", "'max_length' must be int, got '4' (str)"),
+    ("charset", ["0", "1"], "'charset' must be str, got ['0', '1'] (list)"),
+    ("normalization", None, "'normalization' must be str, got None (NoneType)"),
+])
+def test_every_field_of_a_spec_has_its_type_checked_however_it_is_built(field, value, message):
+    with pytest.raises(ValueError) as info:
+        CaptchaSpec(**{field: value})
+    assert str(info.value) == message
+    stored = json.loads(CaptchaSpec().to_json())
+    with pytest.raises(ValueError) as info:
+        CaptchaSpec.from_json(json.dumps({**stored, field: value}), source="checkpoint x.ckpt")
+    assert str(info.value) == f"checkpoint x.ckpt: damaged captcha spec ({message})"
+
+
+def test_a_checkpoint_whose_spec_has_a_float_width_is_one_line_from_predict(tmp_path):
+    # The red team's case: the spec passed from_json and predict died later with a TypeError.
+    import mindspore as ms
+
+    params = ms.load_checkpoint(os.path.join(REPO, "pretrained", "warpctc_alnum.ckpt"))
+    spec = {**json.loads(params[SPEC_KEY]), "width": 160.0}
+    ms.save_checkpoint([{"name": name, "data": value} for name, value in params.items()
+                        if isinstance(value, ms.Parameter)], str(tmp_path / "bad.ckpt"),
+                       append_dict={SPEC_KEY: json.dumps(spec)})
+    process_data.render_split(str(tmp_path / "images"), 2, progress=False)
+    proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", tmp_path / "bad.ckpt", tmp_path / "images"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (f"predict.py: error: checkpoint {tmp_path / 'bad.ckpt'}: damaged "
+                                                    "captcha spec ('width' must be int, got 160.0 (float))")
+    assert proc.stdout == ""
+
+
+def test_the_alphabet_is_bounded_and_a_huge_one_is_refused_at_once(tmp_path):
+    largest = "".join(chr(0x4E00 + i) for i in range(MAX_CHARSET))
+    assert CaptchaSpec(charset=largest).num_classes == MAX_CHARSET + 1
+    with pytest.raises(ValueError) as info:
+        CaptchaSpec(charset=largest + "A")
+    assert str(info.value) == (f"--charset has {MAX_CHARSET + 1} characters, more than the {MAX_CHARSET} allowed (one "
+                               f"network class each); it starts {largest[:20]!r}")
+    with pytest.raises(ValueError, match="repeats 'ab': every character must appear once"):
+        CaptchaSpec(charset="ab" + largest[:MAX_CHARSET - 4] + "ab")
+    # The red team's case: a file pasted into the charset (here 1 MB; the repeat check used to take
+    # a pass over the alphabet per character, hours for this).
+    config = tmp_path / "pasted.yaml"
+    config.write_text('charset: "' + "0123456789" * 100_000 + '"\n', encoding="utf-8")
+    start = time.perf_counter()
+    proc = run_py([os.path.join(REPO, "process_data.py"), "--config_path", config, "--output_dir", tmp_path / "data"],
+                  timeout=60)
+    assert time.perf_counter() - start < 30
+    assert proc.returncode == 2
+    assert proc.stderr == (f"process_data.py: error: --charset has 1000000 characters, more than the {MAX_CHARSET} "
+                           "allowed (one network class each); it starts '01234567890123456789'\n")
+    assert not (tmp_path / "data").exists()

@@ -162,6 +162,80 @@ def test_refuses_folder_with_foreign_files(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_users_labelled_captchas_without_a_manifest_are_refused_not_replaced(tmp_path):
+    # The red team's case: hand-made captchas whose names and labels look like a rendered split's.
+    mine = tmp_path / "mine" / "train"
+    mine.mkdir(parents=True)
+    for name in ("0000-4821.png", "0001-7.png", "0002-930.png", "0003-55.png"):
+        (mine / name).write_bytes(f"the user's {name}".encode())
+    before = snapshot(mine)
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "mine", "--splits", "train", "--train_count", "4"])
+    assert proc.returncode == 2
+    assert proc.stderr == (f"process_data.py: error: {mine}: holds files that process_data.py did not write (e.g. "
+                           f"0000-4821.png) and no manifest.json; refusing to replace it, choose another "
+                           f"--output_dir\n")
+    assert snapshot(mine) == before and sorted(os.listdir(tmp_path / "mine")) == ["train"]
+
+
+def _drop_a_user_file(split):
+    (split / "0000-4821.png").write_bytes(b"the user's own captcha")
+
+
+def _make_a_planned_name_a_folder(split):
+    name = sorted(n for n in os.listdir(split) if n.endswith(".png"))[0]
+    os.remove(split / name)
+    (split / name).mkdir()
+    (split / name / "notes.txt").write_text("the user's notes")
+
+
+@pytest.mark.parametrize("spoil, named", [
+    (_drop_a_user_file, "0000-4821.png"),
+    (_make_a_planned_name_a_folder, "0-78.png"),
+])
+def test_a_rendered_split_holding_something_it_did_not_render_is_refused(tmp_path, spoil, named):
+    split = tmp_path / "data" / "train"
+    process_data.render_split(str(split), 6, seed=1, split="train", progress=False)
+    spoil(split)
+    before = {name: sorted(os.listdir(split / name)) if (split / name).is_dir() else (split / name).read_bytes()
+              for name in os.listdir(split)}
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--splits", "train", "--train_count", "6",
+                   "--quiet"])
+    assert proc.returncode == 2
+    assert proc.stderr == (f"process_data.py: error: {split}: holds files that process_data.py did not write (e.g. "
+                           f"{named}) beside the split its manifest.json describes; refusing to replace it, choose "
+                           f"another --output_dir\n")
+    assert {name: sorted(os.listdir(split / name)) if (split / name).is_dir() else (split / name).read_bytes()
+            for name in os.listdir(split)} == before
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("{", "invalid JSON: Expecting property name enclosed in double quotes at line 1"),
+    (json.dumps({"split": "train"}), "'count' missing or not int"),
+])
+def test_a_split_with_a_damaged_manifest_is_refused_not_replaced(tmp_path, damage, reason):
+    split = tmp_path / "data" / "train"
+    process_data.render_split(str(split), 6, seed=1, split="train", progress=False)
+    (split / "manifest.json").write_text(damage)
+    before = snapshot(split)
+    proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--splits", "train", "--train_count", "6",
+                   "--quiet"])
+    assert proc.returncode == 2
+    assert proc.stderr == (f"process_data.py: error: {split / 'manifest.json'}: damaged dataset manifest ({reason}); "
+                           f"refusing to replace the folder (process_data.py replaces only a split its manifest "
+                           f"describes); delete it yourself to re-render it\n")
+    assert snapshot(split) == before
+
+
+def test_an_empty_folder_is_filled_and_a_split_with_missing_files_is_replaced(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    names = process_data.render_split(str(empty), 6, progress=False)
+    assert sorted(os.listdir(empty)) == sorted(names + ["manifest.json"])
+    os.remove(empty / names[2])                         # a file deleted since: still only what it rendered
+    again = process_data.render_split(str(empty), 8, seed=2, progress=False)
+    assert sorted(os.listdir(empty)) == sorted(again + ["manifest.json"])
+
+
 def test_cli_help_documents_every_option_and_errors_are_one_line(tmp_path):
     proc = run_py([os.path.join(REPO, "process_data.py"), "--help"])
     assert proc.returncode == 0

@@ -12,7 +12,7 @@ import process_data
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
 from src.dataset import SyntheticSource, create_dataset, create_predict_dataset, load_bgr
-from src.render import Renderer, RenderStyle, system_font_files
+from src.render import Renderer, RenderStyle, package_font_files, system_font_files
 from conftest import REPO, TINY, run_py
 
 TRAIN, EVAL, EXPORT, PROCESS_DATA = (os.path.join(REPO, n) for n in ("train.py", "eval.py", "export.py",
@@ -110,24 +110,23 @@ def test_too_few_synthetic_images_and_no_data_at_all_are_one_line_errors():
 
 # -- style options -------------------------------------------------------------------------------
 
-def _a_system_font():
-    fonts = [path for path in system_font_files() if path.lower().endswith(".ttf")]
-    if not fonts:
+def _skip_without_system_fonts():
+    if not any(path.lower().endswith(".ttf") for path in system_font_files()):
         pytest.skip("no TrueType font installed on this machine")
-    return fonts[0]
 
 
 @pytest.mark.parametrize("option, value", [
-    ("fonts", "system"), ("fonts", "FONT_FILE"), ("font_sizes", "30,36"), ("text_colors", "0-60"),
-    ("background_colors", "170-200"), ("noise_dots", 0), ("noise_curves", 4), ("char_rotation", 0.0),
-    ("char_warp", 0.0), ("image_rotation", 10.0), ("image_shear", 0.3), ("image_wave", 4.0), ("image_blur", 1.5),
-    ("color_jitter", 0.5),
+    ("fonts", "system"), ("fonts", "FONT_FILE"), ("fonts", "dejavu-sans"), ("font_sizes", "30,36"),
+    ("text_colors", "0-60"), ("background_colors", "170-200"), ("noise_dots", 0), ("noise_curves", 4),
+    ("char_rotation", 0.0), ("char_warp", 0.0), ("image_rotation", 10.0), ("image_shear", 0.3), ("image_wave", 4.0),
+    ("image_blur", 1.5), ("color_jitter", 0.5),
 ])
 def test_each_style_option_changes_the_image_and_is_off_by_default(option, value):
     assert getattr(RenderStyle.from_config(Config()), option) == getattr(RenderStyle(), option)   # off by default
-    if value in ("system", "FONT_FILE"):
-        font = _a_system_font()                 # skips where no font is installed
-        value = font if value == "FONT_FILE" else value
+    if value == "system":
+        _skip_without_system_fonts()
+    elif value == "FONT_FILE":
+        value = package_font_files("dejavu-serif")[0]      # a font file that needs nothing from the system
     style = RenderStyle.from_config(Config(**{option: value}))
     assert list(style.changes()) == [option]
     plain, styled = Renderer(DIGITS), Renderer(DIGITS, style)

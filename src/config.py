@@ -79,9 +79,10 @@ class Config:
     # the captcha package does, every option changed from them adds variety.
     fonts: str = field(default=",".join(_STYLE.fonts), metadata={
         "help": "comma-separated: captcha (the font the captcha package ships), system (the installed fonts "
-                "that draw the whole alphabet), font files or folders of them"})
+                "that draw the whole alphabet), dejavu-sans, dejavu-sans-mono, dejavu-serif (the four DejaVu faces "
+                "of each that the matplotlib package ships), font files or folders of them"})
     font_sizes: str = field(default=",".join(map(str, _STYLE.font_sizes)), metadata={
-        "help": "comma-separated font sizes in pixels, one drawn per character"})
+        "help": "comma-separated font sizes in pixels, one drawn per character; at most 2 x captcha_height"})
     text_colors: str = field(default="-".join(map(str, _STYLE.text_colors)), metadata={
         "help": "LOW-HIGH range of each RGB channel of the text colour"})
     background_colors: str = field(default="-".join(map(str, _STYLE.background_colors)), metadata={

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from src.captcha_spec import CaptchaSpec
-from src.render import Renderer, RenderStyle, resolve_fonts, sample_label
+from src.render import Renderer, RenderStyle, check_fits, resolve_fonts, sample_label
 
 # The "fixed" normalisation: the original's per-channel statistics of its training set (BGR).
 MEAN = (0.9010, 0.9049, 0.9025)
@@ -498,6 +498,7 @@ def describe_synthetic(cfg, spec: CaptchaSpec) -> str:
     line = (f"on the fly: {cfg.synthetic_images} captchas per epoch, seed {cfg.seed}, {spec.describe()}, "
             f"{style.describe()}")
     if "fonts" in style.changes():
+        check_fits(style, spec)         # before any font is opened at a size it cannot take
         line += f" (fonts: {resolve_fonts(style, spec.charset)[1]})"
     return line
 

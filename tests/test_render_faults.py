@@ -37,9 +37,10 @@ def test_font_sizes_beyond_twice_the_image_height_are_refused_naming_the_option(
     assert proc.returncode == 0, proc.stderr
 
 
-def test_train_py_names_the_font_sizes_option_too(tmp_path):
-    proc = run_py([TRAIN, "--synthetic_images", "32", *TINY, "--train_steps", "1", "--font_sizes", "42,100000"],
-                  cwd=tmp_path)
+@pytest.mark.parametrize("fonts", ["captcha", "captcha,dejavu-sans"])
+def test_train_py_names_the_font_sizes_option_too(tmp_path, fonts):
+    proc = run_py([TRAIN, "--synthetic_images", "32", *TINY, "--train_steps", "1", "--font_sizes", "42,100000",
+                   "--fonts", fonts], cwd=tmp_path)
     assert proc.returncode == 2
     assert last_error_line(proc) == ("train.py: error: --font_sizes 42,100000: 100000 pixels is more than 2 x "
                                      "--captcha_height 64 = 128, the largest size drawn into an image that high")

@@ -5,8 +5,8 @@ the output is the logits ``(W, export_batch_size, classes)``, decoded with greed
 Beside a MINDIR/ONNX/AIR file goes ``<file>.json``: the alphabet, blank index, input shape,
 channel order, rescale, normalisation (the checkpoint's: fixed mean/std or per image) and
 resize rule, so the model can be used without MindSpore.
-``--file_format CKPT`` writes a weights-only checkpoint (no optimizer state: ~14 MB), the
-form in which trained models are released.
+``--file_format CKPT`` writes a weights-only checkpoint (no optimizer state: ~14 MB) with a CRC,
+the form in which trained models are released.
 
 The file is written into a private temporary folder next to the target and moved into place
 when complete, so a failed export (full disk) never leaves a truncated file or harms an
@@ -29,6 +29,9 @@ from src.config import add_config_arguments, config_from_args, explicit_override
 from src.runtime import PLATFORMS
 
 FORMATS = ("MINDIR", "AIR", "ONNX", "CKPT")
+# The export builds a zero input of the whole batch (126 MB at 1,024 images of 64 x 160): a bound
+# keeps a mistyped size from taking the machine's memory.
+MAX_EXPORT_BATCH = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file_name", default="warpctc", help="output file; the format's extension is added unless given (default: warpctc)")
     parser.add_argument("--file_format", default="MINDIR", choices=FORMATS, help="output format (default: MINDIR)")
     parser.add_argument("--export_batch_size", type=int, default=1,
-                        help="fixed batch size of the exported graph (default: 1)")
+                        help=f"fixed batch size of the exported graph, 1 to {MAX_EXPORT_BATCH} (default: 1)")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     return add_config_arguments(parser)
 
@@ -115,14 +118,17 @@ def _private_folder(path: str) -> str:
 
 def export(args: argparse.Namespace) -> str:
     """Export and return the written file's path."""
+    if args.export_batch_size <= 0:
+        raise ValueError(f"--export_batch_size must be positive, got {args.export_batch_size}")
+    if args.export_batch_size > MAX_EXPORT_BATCH:
+        raise ValueError(f"--export_batch_size {args.export_batch_size} is more than {MAX_EXPORT_BATCH}, the largest "
+                         "batch export.py builds (its input is allocated whole); feed bigger sets in batches")
     import mindspore as ms
     import numpy as np
 
     from src.checkpoint import load_network, model_record
     from src.runtime import set_up
 
-    if args.export_batch_size <= 0:
-        raise ValueError(f"--export_batch_size must be positive, got {args.export_batch_size}")
     if args.file_format == "AIR" and args.platform != "Ascend":
         raise ValueError("--file_format AIR is only available with --platform Ascend")
     cfg = config_from_args(args)
@@ -139,7 +145,8 @@ def export(args: argparse.Namespace) -> str:
         logging.disable(logging.CRITICAL)
         try:
             if args.file_format == "CKPT":
-                ms.save_checkpoint(net, written, append_dict=model_record(spec, net.hidden_size))
+                # With a CRC: every reader checks it (src.checkpoint.read_checkpoint).
+                ms.save_checkpoint(net, written, append_dict=model_record(spec, net.hidden_size), crc_check=True)
             else:
                 ms.export(net, dummy, file_name=os.path.join(work, "export"), file_format=args.file_format)
             if not os.path.isfile(written):

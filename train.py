@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU; default: $DEVICE_ID or 0)")
     parser.add_argument("--resume_checkpoint", default=None,
                         help="continue a training from this checkpoint, or from the furthest one in this "
-                             "folder: weights, optimizer momentum and the step/epoch position (the "
-                             "learning-rate schedule and the data order continue where they stopped)")
+                             "folder that fits this run's settings (a folder holding checkpoints of two "
+                             "trainings needs the file): weights, optimizer momentum and the step/epoch position "
+                             "(the learning-rate schedule and the data order continue where they stopped)")
     parser.add_argument("--init_checkpoint", default=None,
                         help="start a new training from these network weights (e.g. pretrained/warpctc.ckpt, "
                              "to fine-tune): the optimizer state, the step and the learning-rate schedule "
@@ -71,8 +72,43 @@ def build_training(cfg: Config, info: RunInfo, dataset_path: Optional[str], spec
     dataset = create_dataset(dataset_path, cfg, spec, training=True, num_shards=info.group_size,
                              shard_id=info.rank, platform=info.platform)
     steps_per_epoch = dataset.get_dataset_size()
+    check_run_length(cfg, steps_per_epoch, dataset_path)
     net, train_cell, lr = build_train_cell(cfg, info.platform, steps_per_epoch, info.group_size)
     return dataset, net, train_cell, steps_per_epoch, lr
+
+
+# MindSpore lists the sample indices of a whole epoch in memory when the epoch starts (~45 bytes
+# each, however lazy the sampler): about 0.5 GB at this bound.
+MAX_EPOCH_SAMPLES = 10_000_000
+
+
+def check_run_bounds(cfg: Config) -> None:
+    """ValueError naming the option when --train_steps or --synthetic_images is beyond what a run can hold
+    (checked before any MindSpore work)."""
+    from src.lr_schedule import MAX_STEPS
+
+    if cfg.train_steps > MAX_STEPS:
+        raise ValueError(f"--train_steps {cfg.train_steps:,} is more than the {MAX_STEPS:,} steps a run may train "
+                         "(one learning rate per step is kept in every checkpoint)")
+    if cfg.synthetic_images > MAX_EPOCH_SAMPLES:
+        raise ValueError(f"--synthetic_images {cfg.synthetic_images:,} is more than the {MAX_EPOCH_SAMPLES:,} captchas "
+                         "an epoch may hold (MindSpore lists an epoch's sample indices in memory); train more epochs "
+                         "(--epoch_size) instead")
+
+
+def check_run_length(cfg: Config, steps_per_epoch: int, dataset_path: Optional[str]) -> None:
+    """ValueError naming the options when the run has more steps than its per-step rate table may hold."""
+    from src.lr_schedule import MAX_STEPS
+
+    total = cfg.train_steps or cfg.epoch_size * steps_per_epoch
+    if total > MAX_STEPS:
+        source = " and ".join(part for part in (dataset_path and "--dataset_path",
+                                                cfg.synthetic_images and f"--synthetic_images {cfg.synthetic_images:,}")
+                              if part)
+        raise ValueError(f"--epoch_size {cfg.epoch_size} x {steps_per_epoch:,} steps per epoch ({source} at "
+                         f"--batch_size {cfg.batch_size}) is {total:,} steps, more than the {MAX_STEPS:,} a run may "
+                         "train (one learning rate per step is kept in every checkpoint); lower --epoch_size, or end "
+                         "the run sooner with --train_steps")
 
 
 def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int, spec):
@@ -94,10 +130,12 @@ def _curve_csv(args: argparse.Namespace, cfg: Config, info: RunInfo) -> str:
 
 
 def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step: int, total_steps: int,
-                   optimizer, record: Dict[str, object]) -> Tuple[List, object, Optional[object]]:
+                   optimizer, record: Dict[str, object], owned: Sequence[str]) -> Tuple[List, object, Optional[object]]:
     """Step counter, loss and progress lines, timing, the stop at --train_steps and checkpointing.
 
-    Returns the callback list, its Progress and its StepCheckpoint (None with checkpoints off).
+    ``record`` goes into every checkpoint; ``owned`` lists the checkpoints of the runs this one
+    continues, which its pruning may delete. Returns the callback list, its Progress and its
+    StepCheckpoint (None with checkpoints off).
     """
     from mindspore.train import LossMonitor, TimeMonitor
 
@@ -111,7 +149,7 @@ def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step:
     checkpoints = None
     if cfg.save_checkpoint:
         checkpoints = StepCheckpoint(_checkpoint_dir(cfg, info), cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
-                                     start_step, prefix="warpctc", append=record)
+                                     start_step, prefix="warpctc", append=record, owned=owned)
         callbacks.append(checkpoints)
     return callbacks, progress, checkpoints
 
@@ -171,7 +209,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     import mindspore as ms
     from mindspore.train import Model
 
-    from src.checkpoint import model_record, remove_unfinished_saves
+    from src.checkpoint import model_record, new_training_id, remove_unfinished_saves, training_record
     from src.run_lock import hold_folder
 
     from src.manifest import dataset_report
@@ -209,7 +247,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
         raise ValueError(f"--train_steps {total_steps} must be a multiple of the {steps_per_epoch} steps per epoch "
                          "with dataset sink mode (or use --dataset_sink_mode off)")
     record = {"batch_size": cfg.batch_size, "device_num": info.group_size, "steps_per_epoch": steps_per_epoch}
-    start_step = 0
+    start_step, training = 0, None          # None: a new training (its id is drawn below)
     if args.init_checkpoint:
         from src.checkpoint import load_for_finetune
 
@@ -218,7 +256,10 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     if args.resume_checkpoint:
         from src.checkpoint import restore_training
 
-        resume_path, start_step = restore_training(train_cell, args.resume_checkpoint, record, cfg)
+        resumed = restore_training(train_cell, args.resume_checkpoint, record, cfg)
+        if resumed.notice:
+            print(resumed.notice, flush=True)
+        resume_path, start_step, training = resumed.path, resumed.step, resumed.training
         state.resumed_from = (resume_path, start_step)
         if start_step >= total_steps:
             print(f"checkpoint {resume_path} is at step {start_step}: the {total_steps} steps of this run "
@@ -245,9 +286,13 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
         if removed:
             print(f"removed the unfinished save(s) of an interrupted run from {os.path.abspath(folder)}: "
                   f"{', '.join(removed)}", flush=True)
+    owned = []
+    if cfg.save_checkpoint:
+        owned = _prunable_checkpoints(folder, training, record, cfg)
+    append = {**record, **model_record(spec, cfg.hidden_size),
+              **training_record(new_training_id() if training is None else training)}
     callbacks, state.progress, state.checkpoints = make_callbacks(cfg, info, steps_per_epoch, start_step,
-                                                                  total_steps, train_cell.optimizer,
-                                                                  {**record, **model_record(spec, cfg.hidden_size)})
+                                                                  total_steps, train_cell.optimizer, append, owned)
     if curve is not None:
         curve.check_writable()
         callbacks.insert(1, curve)
@@ -255,9 +300,23 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     start = time.time()
     model.train(epochs, dataset, callbacks=callbacks,
                 dataset_sink_mode=sink, initial_epoch=start_step // steps_per_epoch)
-    print(f"training finished in {time.time() - start:.1f} s; checkpoints in "
-          f"{os.path.abspath(folder)}", flush=True)
+    saved = (f"checkpoints in {os.path.abspath(folder)}" if cfg.save_checkpoint
+             else "no checkpoints saved (--save_checkpoint false)")
+    print(f"training finished in {time.time() - start:.1f} s; {saved}", flush=True)
     return 0
+
+
+def _prunable_checkpoints(folder: str, training: Optional[str], record: Dict[str, int], cfg: Config) -> List[str]:
+    """The checkpoints of ``folder`` that this run's pruning may delete: those of the training it
+    continues (``training``; None for a new one). Every other checkpoint stays, which one line says."""
+    from src.checkpoint import training_checkpoints
+
+    owned, others = training_checkpoints(folder, training, record, cfg)
+    if others:
+        print(f"keeping {len(others)} checkpoint(s) of other trainings in {os.path.abspath(folder)} "
+              f"(e.g. {os.path.basename(others[-1])}): --keep_checkpoint_max counts only this training's",
+              flush=True)
+    return owned
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -278,6 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dataset_path is None and not cfg.synthetic_images:
             raise ValueError("the following arguments are required: --dataset_path (or --synthetic_images N to "
                              "train on N captchas per epoch rendered on the fly)")
+        check_run_bounds(cfg)
         return run(args, cfg, state)
     except ValueError as err:
         return report_error("train.py", err)

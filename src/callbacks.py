@@ -1,15 +1,16 @@
 """Training callbacks: resume-aware step counter, crash-safe checkpoints, progress, stop at a step, learning curve."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 from mindspore.train import Callback
 
-from src.learning_curve import HEADER, read_learning_curve, train_seconds_at
+from src.learning_curve import HEADER, partial_last_line, read_learning_curve, train_seconds_at
 
 
 class ResumePosition(Callback):
@@ -32,14 +33,16 @@ class StepCheckpoint(Callback):
     """Save ``<prefix>-<epoch>_<step in epoch>.ckpt`` every ``every`` global steps and at the end.
 
     The cadence counts from global step 0, also after a resume. Each file is complete and on disk
-    before it gets its name (``src.checkpoint.save_checkpoint_file``), and only then are the
-    folder's oldest checkpoints (by training position, every run's files) pruned to ``keep``, so a
-    failed save never costs a good checkpoint. ``append`` entries (the run record) are stored
-    with ``epoch_num`` and ``step_num``. ``busy`` is held while a file is being written.
+    before it gets its name (``src.checkpoint.save_checkpoint_file``), and only then are this
+    training's oldest checkpoints (by training position) pruned to ``keep``, so a failed save never
+    costs a good checkpoint. This training's checkpoints are the files this callback writes plus
+    ``owned``, those of the runs it continues; no other file of the folder is ever deleted.
+    ``append`` entries (run, model and training record) are stored with ``epoch_num`` and
+    ``step_num``. ``busy`` is held while a file is being written.
     """
 
     def __init__(self, directory: str, every: int, keep: int, start_step: int = 0, prefix: str = "warpctc",
-                 append: Optional[Mapping[str, int]] = None):
+                 append: Optional[Mapping[str, object]] = None, owned: Iterable[str] = ()):
         from src.checkpoint import run_prefix
 
         super().__init__()
@@ -49,6 +52,7 @@ class StepCheckpoint(Callback):
         self.base_prefix = prefix
         self.prefix = run_prefix(directory, prefix)
         self.append = dict(append or {})
+        self.owned = set(owned)
         # The resume step was saved (a multiple of ``every`` or a run's end): the next save is
         # ``every`` steps after it.
         self.last_step = int(start_step)
@@ -76,8 +80,9 @@ class StepCheckpoint(Callback):
             save_checkpoint_file(cb_params.train_network, path,
                                  {"epoch_num": cb_params.cur_epoch_num, "step_num": step, **self.append})
             self.last_step, self.last_path = step, path
+            self.owned.add(path)
         try:
-            prune_checkpoints(self.directory, self.keep, self.base_prefix, protect=path)
+            prune_checkpoints(self.directory, self.keep, self.owned, self.base_prefix, protect=path)
         except OSError as err:      # the new checkpoint is safe; an old one merely stays
             print(f"warning: could not remove the old checkpoint {err.filename} ({err.strerror}); it stays",
                   file=sys.stderr, flush=True)
@@ -168,26 +173,52 @@ class LearningCurve(Callback):
         self.start_step = int(start_step)
         self.losses = []
         self.clock = None
-        # Read now, not at train begin, so that a damaged file stops the run before it starts.
-        self.existing = os.path.isfile(csv_path) and os.path.getsize(csv_path) > 0
-        rows = read_learning_curve(csv_path) if self.existing else []
+        # Read now, not at train begin, so that a damaged file stops the run before it starts. A last
+        # row cut short by a stop in the middle of writing it is left out, and dropped from the file
+        # by check_writable (the resumed run replays its step and writes it again).
+        self.partial = partial_last_line(csv_path) if os.path.isfile(csv_path) else b""
+        self.existing = os.path.isfile(csv_path) and os.path.getsize(csv_path) > len(self.partial)
+        rows = read_learning_curve(csv_path, skip_partial=True) if self.existing else []
         self.offset = train_seconds_at(rows, self.start_step) if self.start_step else 0.0
 
     def check_writable(self) -> None:
-        """ValueError naming the CSV when it cannot be appended to (call before training)."""
+        """ValueError naming the CSV when it cannot be appended to (call before training, once the run
+        may write); drops a last row cut short, with a one-line notice."""
+        dropped = False
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.csv_path)), exist_ok=True)
             with open(self.csv_path, "a", encoding="utf-8"):
                 pass
+            if self.partial and partial_last_line(self.csv_path) == self.partial:     # still the line read
+                os.truncate(self.csv_path, os.path.getsize(self.csv_path) - len(self.partial))
+                dropped = True
         except OSError as err:
             raise ValueError(f"learning curve {self.csv_path}: cannot be written ({err.strerror})") from None
+        if dropped:
+            cut = self.partial[:80].decode("utf-8", "replace")
+            print(f"learning curve {self.csv_path}: dropped its last line {cut!r}, cut short when a run stopped in "
+                  "the middle of writing it", flush=True)
 
     def _append(self, text: str) -> None:
+        """Append ``text`` whole and on disk, or not at all: a failed write is undone (a full disk leaves
+        no partial row)."""
+        data = memoryview(text.encode("utf-8"))
         try:
-            with open(self.csv_path, "a", encoding="utf-8") as handle:
-                handle.write(text)
+            fd = os.open(self.csv_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as err:
             raise ValueError(f"learning curve {self.csv_path}: cannot be written ({err.strerror})") from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise ValueError(f"learning curve {self.csv_path}: cannot be written ({err.strerror})") from None
+        finally:
+            os.close(fd)
 
     def on_train_begin(self, run_context):
         self._append(f"# resumed at step {self.start_step}\n" if self.existing else HEADER + "\n")

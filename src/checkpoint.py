@@ -1,9 +1,13 @@
-"""Checkpoint files: loading with one-line errors, crash-safe saving, naming, pruning and the run record."""
+"""Checkpoint files: loading with CRC checks and one-line errors, crash-safe saving, naming, which
+training wrote them, pruning and the run record."""
 from __future__ import annotations
 
+import binascii
 import os
 import re
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+import secrets
+import sys
+from typing import Collection, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 import mindspore as ms
 from mindspore import nn
@@ -13,21 +17,68 @@ from src.runtime import quiet_mindspore_logs
 
 # What a checkpoint's global step means depends on these; a resume must match them (see check_run_record).
 RUN_RECORD_KEYS = ("batch_size", "device_num", "steps_per_epoch")
+# The training a checkpoint belongs to: drawn by a new training, kept by the runs that resume it.
+# Checkpoints saved before it existed have none ("" below), and so have the runs resuming them.
+TRAINING_KEY = "training_id"
+
+# ms.save_checkpoint(crc_check=True) ends the file with b"crc_num" and the CRC32 (10 bytes, big
+# endian) of every byte before it; ms.load_checkpoint(crc_check=True) recomputes that sum.
+_CRC_MARK = b"crc_num"
+_CRC_TRAILER = len(_CRC_MARK) + 10
+_WARNED_NO_CRC: Set[str] = set()
 
 
-def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
-    """Read a ``.ckpt`` file; ValueError naming the file when missing or unreadable."""
+def _crc_matches(path: str) -> Optional[bool]:
+    """Whether the CRC that ends ``path`` matches its contents; None when it ends with no CRC."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size < _CRC_TRAILER:
+            return None
+        handle.seek(size - _CRC_TRAILER)
+        trailer = handle.read(_CRC_TRAILER)
+        if trailer[:len(_CRC_MARK)] != _CRC_MARK:
+            return None
+        handle.seek(0)
+        crc, left = 0, size - _CRC_TRAILER
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 22))
+            if not chunk:
+                return False
+            crc = binascii.crc32(chunk, crc)
+            left -= len(chunk)
+    return crc == int.from_bytes(trailer[len(_CRC_MARK):], "big")
+
+
+def read_checkpoint(path: str, names: Optional[Collection[str]] = None, warn: bool = True) -> Dict[str, ms.Parameter]:
+    """Read a ``.ckpt`` file, its CRC checked; ValueError naming the file when missing, damaged or unreadable.
+
+    ``names`` limits the entries returned (the CRC still covers the whole file). A file saved
+    without a CRC (MindSpore's default) still loads, as MindSpore allows; with ``warn`` a
+    one-line warning on stderr says, once per file, that damage to it cannot be detected.
+    """
     if not os.path.exists(path):
         raise ValueError(f"checkpoint {path}: does not exist")
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path}: is not a file")
     try:
-        params = ms.load_checkpoint(path)
+        crc = _crc_matches(path)
+    except OSError as err:
+        raise ValueError(f"checkpoint {path}: cannot be read ({err.strerror})") from None
+    if crc is False:
+        raise ValueError(f"checkpoint {path}: damaged: its contents do not match the CRC it was saved with")
+    try:
+        # The CRC is checked above: MindSpore's own check reports a mismatch as a permission problem.
+        with quiet_mindspore_logs():
+            params = ms.load_checkpoint(path, choice_func=None if names is None else set(names).__contains__)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError with long texts
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path}: corrupt or not a MindSpore checkpoint ({first[:200]})") from None
-    if not params:
+    if not params and names is None:
         raise ValueError(f"checkpoint {path}: holds no parameters")
+    if crc is None and warn and os.path.abspath(path) not in _WARNED_NO_CRC:
+        _WARNED_NO_CRC.add(os.path.abspath(path))
+        print(f"warning: checkpoint {path}: saved without a CRC, so damage to it cannot be detected "
+              "(export.py --file_format CKPT re-saves a model with one)", file=sys.stderr, flush=True)
     return params
 
 
@@ -95,16 +146,6 @@ def checkpoint_files(folder: str, prefix: str = "warpctc") -> List[CheckpointFil
     return sorted(found)
 
 
-def latest_checkpoint(folder: str, prefix: str = "warpctc") -> str:
-    """The checkpoint of ``folder`` furthest into training (by epoch, then step, then run, then time)."""
-    if not os.path.isdir(folder):
-        raise ValueError(f"checkpoint folder {folder}: does not exist")
-    found = checkpoint_files(folder, prefix)
-    if not found:
-        raise ValueError(f"checkpoint folder {folder}: holds no {prefix}-<epoch>_<step>.ckpt file")
-    return found[-1].path
-
-
 def run_prefix(folder: str, prefix: str = "warpctc") -> str:
     """The file prefix of a new run in ``folder``: ``prefix``, or ``prefix_N`` after N earlier runs' files.
 
@@ -167,13 +208,16 @@ def save_checkpoint_file(obj, path: str, append_dict: Optional[Mapping] = None) 
         raise
 
 
-def prune_checkpoints(folder: str, keep: int, prefix: str = "warpctc", protect: str = "") -> List[str]:
-    """Delete the checkpoints of ``folder`` furthest behind in training until ``keep`` remain.
+def prune_checkpoints(folder: str, keep: int, owned: Collection[str], prefix: str = "warpctc",
+                      protect: str = "") -> List[str]:
+    """Delete the checkpoints of ``owned`` furthest behind in training until ``keep`` of them remain.
 
-    Every run's files in the folder count (``prefix`` and ``prefix_N``); ``protect`` (the file
-    just written) is never deleted. Returns the deleted paths.
+    ``owned`` lists the files this training may delete (see :func:`training_checkpoints`); every
+    other checkpoint of ``folder`` stays and does not count. ``protect`` (the file just written)
+    is never deleted. Returns the deleted paths.
     """
-    files = checkpoint_files(folder, prefix)
+    owned = {os.path.abspath(path) for path in owned}
+    files = [f for f in checkpoint_files(folder, prefix) if os.path.abspath(f.path) in owned]
     excess = len(files) - keep
     removed = []
     for old in files:
@@ -192,19 +236,43 @@ def run_record(params: Mapping) -> Dict[str, int]:
     return {key: int(params[key].asnumpy().reshape(-1)[0]) for key in RUN_RECORD_KEYS if key in params}
 
 
+_RECORD_LABELS = {"batch_size": "--batch_size", "device_num": "device count", "steps_per_epoch": "steps per epoch"}
+
+
+def _record_difference(params: Mapping, current: Mapping[str, int]) -> str:
+    """The first run-record setting in which ``current`` differs from the checkpoint's ("" when none)."""
+    saved = run_record(params)
+    for key in RUN_RECORD_KEYS:
+        if key in saved and saved[key] != current[key]:
+            hint = " (another dataset size?)" if key == "steps_per_epoch" else ""
+            return f"{_RECORD_LABELS[key]} {current[key]} differs from the checkpoint's {saved[key]}{hint}"
+    return ""
+
+
 def check_run_record(path: str, params: Mapping, current: Mapping[str, int]) -> None:
     """ValueError naming the first setting in which this run differs from the run that wrote ``path``.
 
     The checkpoint's global step is a position in the data only for the batch size, device
     count and steps per epoch it was trained with.
     """
-    saved = run_record(params)
-    labels = {"batch_size": "--batch_size", "device_num": "device count", "steps_per_epoch": "steps per epoch"}
-    for key in RUN_RECORD_KEYS:
-        if key in saved and saved[key] != current[key]:
-            hint = " (another dataset size?)" if key == "steps_per_epoch" else ""
-            raise ValueError(f"checkpoint {path}: {labels[key]} {current[key]} differs from the checkpoint's "
-                             f"{saved[key]}{hint}; resume with the settings it was trained with")
+    difference = _record_difference(params, current)
+    if difference:
+        raise ValueError(f"checkpoint {path}: {difference}; resume with the settings it was trained with")
+
+
+def new_training_id() -> str:
+    """The id of a new training, stored in its checkpoints (random: unique across folders and machines)."""
+    return secrets.token_hex(8)
+
+
+def training_of(params: Mapping) -> str:
+    """The training a checkpoint belongs to; "" for one saved before trainings had ids."""
+    return str(params.get(TRAINING_KEY, ""))
+
+
+def training_record(training: str) -> Dict[str, str]:
+    """The checkpoint entry naming the training (none for the runs that resume a checkpoint without one)."""
+    return {TRAINING_KEY: training} if training else {}
 
 
 # What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it.
@@ -239,6 +307,15 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
     return stored
 
 
+def _model_conflict(path: str, params: Mapping, cfg, given: Iterable[str]) -> str:
+    """The first ``given`` option of ``cfg`` that contradicts the model ``path`` records ("" when none)."""
+    stored = _stored_model(path, params)
+    for name in sorted(set(given) & set(stored)):
+        if getattr(cfg, name) != stored[name]:
+            return f"--{name} {getattr(cfg, name)!r} conflicts with the checkpoint's {stored[name]!r}"
+    return ""
+
+
 def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
                   hint: str = "drop the option: the checkpoint says what it reads"):
     """``(cfg, spec)`` of the model stored in ``path``: its recorded fields replace the config's.
@@ -248,32 +325,125 @@ def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
     """
     import dataclasses
 
-    stored = _stored_model(path, params)
-    for name in sorted(set(given) & set(stored)):
-        if getattr(cfg, name) != stored[name]:
-            raise ValueError(f"checkpoint {path}: --{name} {getattr(cfg, name)!r} conflicts with the checkpoint's "
-                             f"{stored[name]!r}; {hint}")
-    cfg = dataclasses.replace(cfg, **stored)
+    conflict = _model_conflict(path, params, cfg, given)
+    if conflict:
+        raise ValueError(f"checkpoint {path}: {conflict}; {hint}")
+    cfg = dataclasses.replace(cfg, **_stored_model(path, params))
     return cfg, CaptchaSpec.from_config(cfg)
 
 
-def restore_training(train_cell: nn.Cell, path: str, record: Mapping[str, int], cfg) -> Tuple[str, int]:
-    """Load weights and optimizer state to continue a training; return the file used and its global step.
+# The entries that tell which training wrote a checkpoint and whether it can continue this run.
+_SCANNED = RUN_RECORD_KEYS + (TRAINING_KEY, SPEC_KEY, "hidden_size", "fc.weight")
 
-    ``path`` is a checkpoint or a folder (its checkpoint furthest into training). ``record`` is this
-    run's batch size, device count and steps per epoch, and ``cfg`` its model: a checkpoint that
-    recorded other values is refused (its step would point elsewhere in the data, or its weights
-    read another alphabet).
+
+class FolderCheckpoint(NamedTuple):
+    """A checkpoint of a folder, as a run sees it."""
+
+    file: CheckpointFile
+    training: Optional[str]     # its training id ("" before ids existed); None when it cannot be read
+    misfit: str                 # why it cannot continue this run; "" when it can
+
+
+def scan_checkpoints(folder: str, record: Mapping[str, int], cfg, prefix: str = "warpctc") -> List[FolderCheckpoint]:
+    """Every checkpoint of ``folder``, oldest position first, with its training and whether it fits
+    this run's ``record`` (batch size, device count, steps per epoch) and model (``cfg``).
+
+    Only the record entries are loaded; each file's CRC is checked (a damaged one is a misfit).
+    """
+    scanned = []
+    for found in checkpoint_files(folder, prefix):
+        training = None
+        try:
+            params = read_checkpoint(found.path, names=_SCANNED, warn=False)
+            training = training_of(params)
+            misfit = _record_difference(params, record) or _model_conflict(found.path, params, cfg, MODEL_FIELDS)
+        except ValueError as err:
+            misfit = str(err).replace(f"checkpoint {found.path}: ", "", 1)
+        scanned.append(FolderCheckpoint(found, training, misfit))
+    return scanned
+
+
+def _names(checkpoints: List[FolderCheckpoint], shown: int = 3) -> str:
+    """The furthest ``shown`` of ``checkpoints`` by file name, with why they do not fit when they do not."""
+    parts = [os.path.basename(c.file.path) + (f" ({c.misfit})" if c.misfit else "")
+             for c in reversed(checkpoints[-shown:])]
+    more = f" and {len(checkpoints) - shown} more" if len(checkpoints) > shown else ""
+    return ", ".join(parts) + more
+
+
+def resume_point(folder: str, record: Mapping[str, int], cfg, prefix: str = "warpctc") -> Tuple[str, str]:
+    """``(checkpoint, notice)``: the checkpoint of ``folder`` furthest into training among those that
+    can continue this run, and a one-line notice naming those skipped ("" when none was).
+
+    ValueError when the folder holds none that fits, or fitting checkpoints of more than one
+    training (which one to continue is the user's choice: a folder may be shared).
+    """
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint folder {folder}: does not exist")
+    scanned = scan_checkpoints(folder, record, cfg, prefix)
+    if not scanned:
+        raise ValueError(f"checkpoint folder {folder}: holds no {prefix}-<epoch>_<step>.ckpt file")
+    fitting = [c for c in scanned if not c.misfit]
+    if not fitting:
+        raise ValueError(f"checkpoint folder {folder}: none of its {len(scanned)} checkpoint(s) can continue this "
+                         f"run: {_names(scanned, 1)}")
+    furthest = {c.training: c for c in fitting}          # scanned is in training order: the last one wins
+    if len(furthest) > 1:
+        ends = sorted(furthest.values(), key=lambda c: c.file)
+        raise ValueError(f"checkpoint folder {folder}: holds checkpoints of {len(furthest)} trainings that fit this "
+                         f"run (the furthest of each: {_names(ends, len(ends))}); give --resume_checkpoint the "
+                         "one to continue")
+    skipped = [c for c in scanned if c.misfit]
+    notice = (f"checkpoint folder {folder}: skipped {len(skipped)} checkpoint(s) that cannot continue this run: "
+              f"{_names(skipped)}" if skipped else "")
+    return fitting[-1].file.path, notice
+
+
+def training_checkpoints(folder: str, training: Optional[str], record: Mapping[str, int], cfg,
+                         prefix: str = "warpctc") -> Tuple[List[str], List[str]]:
+    """``(owned, others)``: the checkpoints of ``folder`` that ``training`` wrote in earlier runs (and
+    that fit this run), which its pruning may delete, and all the others, which stay.
+
+    ``training`` None is a new training: it owns nothing yet.
+    """
+    if not os.path.isdir(folder):
+        return [], []
+    if training is None:
+        return [], [f.path for f in checkpoint_files(folder, prefix)]
+    owned, others = [], []
+    for scanned in scan_checkpoints(folder, record, cfg, prefix):
+        mine = scanned.training == training and not scanned.misfit
+        (owned if mine else others).append(scanned.file.path)
+    return owned, others
+
+
+class Resumed(NamedTuple):
+    """What :func:`restore_training` continued from."""
+
+    path: str           # the checkpoint loaded
+    step: int           # its global step
+    training: str       # the training it belongs to ("" before ids existed)
+    notice: str         # the checkpoints of the folder it skipped, in one line ("" for none)
+
+
+def restore_training(train_cell: nn.Cell, path: str, record: Mapping[str, int], cfg) -> Resumed:
+    """Load weights and optimizer state to continue a training.
+
+    ``path`` is a checkpoint or a folder (see :func:`resume_point`). ``record`` is this run's batch
+    size, device count and steps per epoch, and ``cfg`` its model: a checkpoint that recorded
+    other values is refused (its step would point elsewhere in the data, or its weights read
+    another alphabet).
     """
     from src.warpctc_for_train import NOT_RESTORED
 
+    notice = ""
     if os.path.isdir(path):
-        path = latest_checkpoint(path)
+        path, notice = resume_point(path, record, cfg)
     params = read_checkpoint(path)
     check_run_record(path, params, record)
     resolve_model(path, params, cfg, given=MODEL_FIELDS, hint="resume with the settings it was trained with")
     load_into(train_cell, path, params=params, ignore=NOT_RESTORED)
-    return path, int(params["global_step"].asnumpy().reshape(-1)[0])
+    return Resumed(path, int(params["global_step"].asnumpy().reshape(-1)[0]), training_of(params), notice)
 
 
 def load_network(path: str, cfg, platform: str = "CPU", given: Iterable[str] = ()):

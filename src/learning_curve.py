@@ -13,33 +13,48 @@ HEADER = "step,epoch,train_seconds,lr,train_loss,eval_accuracy,eval_cer"
 _RESUME = re.compile(r"#\s*resumed at step (\d+)\s*$")
 
 
-def read_learning_curve(path: str) -> List[Dict[str, float]]:
-    """The curve's rows in step order, each a dict of the header's columns (``step`` an int)."""
+def partial_last_line(path: str) -> bytes:
+    """The file's last line when it lacks its newline: a row cut short by a stop in the middle of
+    writing it (rows are written whole, newline included); empty when the file ends with a newline."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return data[data.rfind(b"\n") + 1:]
+
+
+def read_learning_curve(path: str, skip_partial: bool = False) -> List[Dict[str, float]]:
+    """The curve's rows in step order, each a dict of the header's columns (``step`` an int).
+
+    ``skip_partial`` leaves out a last line without its newline (see :func:`partial_last_line`).
+    """
     rows: List[Dict[str, float]] = []
     with open(path, encoding="utf-8") as handle:
-        header = handle.readline().strip().split(",")
-        # Readers use every column (the plot: loss and accuracy), so the header must be the whole one.
-        if header != HEADER.split(","):
-            raise ValueError(f"{path}: not a learning-curve CSV (header {','.join(header)!r})")
-        for number, line in enumerate(handle, start=2):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("#"):
-                match = _RESUME.match(line)
-                if match:
-                    resumed = int(match.group(1))
-                    rows = [row for row in rows if row["step"] <= resumed]
-                continue
-            values = line.split(",")
-            if len(values) != len(header):
-                raise ValueError(f"{path}:{number}: expected {len(header)} columns, got {len(values)}")
-            try:
-                row = {name: float(value) for name, value in zip(header, values)}
-            except ValueError:
-                raise ValueError(f"{path}:{number}: not a number in {line!r}") from None
-            row["step"] = int(row["step"])
-            rows.append(row)
+        lines = handle.read().split("\n")
+    # split() leaves "" after a final newline; anything else there is a line cut short.
+    if skip_partial or not lines[-1]:
+        lines.pop()
+    header = lines[0].strip().split(",") if lines else [""]
+    # Readers use every column (the plot: loss and accuracy), so the header must be the whole one.
+    if header != HEADER.split(","):
+        raise ValueError(f"{path}: not a learning-curve CSV (header {','.join(header)!r})")
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            match = _RESUME.match(line)
+            if match:
+                resumed = int(match.group(1))
+                rows = [row for row in rows if row["step"] <= resumed]
+            continue
+        values = line.split(",")
+        if len(values) != len(header):
+            raise ValueError(f"{path}:{number}: expected {len(header)} columns, got {len(values)}")
+        try:
+            row = {name: float(value) for name, value in zip(header, values)}
+        except ValueError:
+            raise ValueError(f"{path}:{number}: not a number in {line!r}") from None
+        row["step"] = int(row["step"])
+        rows.append(row)
     return rows
 
 

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The optimizer holds one rate per step of the run, and so does every checkpoint (4 bytes a step):
+# a run is bounded to this many steps (4 MB of rates).
+MAX_STEPS = 1_000_000
+
 
 def get_lr(epoch_size: int, step_size: int, lr_init: float, schedule: str = "step",
            warmup_steps: int = 0, total_steps: int = 0) -> np.ndarray:
@@ -14,19 +18,21 @@ def get_lr(epoch_size: int, step_size: int, lr_init: float, schedule: str = "ste
     ``total_steps`` > 0 replaces ``epoch_size``: the step schedule is cut after that many steps
     and the cosine reaches 0 at its last one.
     ``warmup_steps`` > 0 ramps linearly from ``lr_init / warmup_steps`` up to the schedule.
+    Only the run's steps are computed, however long an epoch is; more than MAX_STEPS is a ValueError.
     """
     if epoch_size <= 0 or step_size <= 0 or total_steps < 0:
         raise ValueError(f"epoch_size and step_size must be positive and total_steps >= 0, got {epoch_size}, "
                          f"{step_size} and {total_steps}")
     total = total_steps or epoch_size * step_size
+    if total > MAX_STEPS:
+        raise ValueError(f"a schedule of {total:,} steps is more than the {MAX_STEPS:,} a run may train")
     if schedule == "step":
-        rates = []
-        lr = lr_init
-        for epoch in range(1, -(-total // step_size) + 1):
-            if epoch % 10 == 0:
-                lr *= 0.1
-            rates.extend([lr] * step_size)
-        rates = np.array(rates[:total], dtype=np.float64)
+        decade = (np.arange(total) // step_size + 1) // 10          # 0 in epochs 1-9, 1 in 10-19, ...
+        # Successive x0.1, as the original loop multiplied: the very same float64 rates.
+        levels = [lr_init]
+        while len(levels) <= int(decade[-1]):
+            levels.append(levels[-1] * 0.1)
+        rates = np.asarray(levels, dtype=np.float64)[decade]
     elif schedule == "cosine":
         rates = lr_init * 0.5 * (1.0 + np.cos(np.pi * np.arange(total) / total))
     else:

@@ -1,4 +1,5 @@
-"""The learning-curve CSV across resumes (superseded rows, interpolated clock, damaged files) and its plot."""
+"""The learning-curve CSV across resumes (superseded rows, interpolated clock, damaged files, a row cut
+short, a full disk) and its plot."""
 import os
 import subprocess
 import sys
@@ -71,6 +72,53 @@ def test_a_header_missing_columns_is_refused(tmp_path):
         read_learning_curve(str(path))
     assert str(err.value) == f"{path}: not a learning-curve CSV (header 'step,epoch,train_seconds')"
 
+
+
+def resumed_curve(path, start_step):
+    """train.py's LearningCurve callback for a run resuming at ``start_step`` (no evaluation here)."""
+    from src.callbacks import LearningCurve
+
+    return LearningCurve(None, [], 5, str(path), [0.01] * 30, None, start_step)
+
+
+def test_a_last_row_cut_short_is_dropped_when_a_run_appends_with_a_notice(tmp_path, capsys):
+    path = tmp_path / "c.csv"
+    complete = "\n".join((HEADER, "5,1,2.0,0.01,9.0,0.0000,1.0000", "10,1,4.0,0.01,5.0,0.1000,0.8000")) + "\n"
+    path.write_text(complete + "15,2,6.0,0.0", encoding="utf-8")       # the disk filled up in row 15
+    curve = resumed_curve(path, 13)
+    assert curve.offset == pytest.approx(5.2)                           # from the complete rows
+    assert path.read_text(encoding="utf-8") == complete + "15,2,6.0,0.0"   # reading changed nothing
+    curve.check_writable()                                              # train.py: once the run may write
+    assert capsys.readouterr().out == (f"learning curve {path}: dropped its last line '15,2,6.0,0.0', cut short "
+                                       "when a run stopped in the middle of writing it\n")
+    curve.on_train_begin(None)
+    assert path.read_text(encoding="utf-8") == complete + "# resumed at step 13\n"
+
+
+def test_a_damaged_row_that_is_not_the_last_cut_short_is_still_an_error(tmp_path):
+    path = tmp_path / "c.csv"
+    text = "\n".join((HEADER, "5,1,2.0,0.01,9.0,0.0,1.0", "10,1,4.0", "15,2,6.0,0.01,4.0,0.2,0.7")) + "\n"
+    path.write_text(text + "20,2,8.0", encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        resumed_curve(path, 13)
+    assert str(err.value) == f"{path}:3: expected 7 columns, got 3"
+    assert path.read_text(encoding="utf-8") == text + "20,2,8.0"
+
+
+def test_a_full_disk_leaves_no_partial_row(tmpfs):
+    path = tmpfs / "c.csv"
+    # A file ending 10 bytes short of a page: the 20-byte marker needs a page the full disk has not.
+    text = HEADER + "\n# " + "x" * (4096 - 10 - len(HEADER) - 4) + "\n"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(OSError), open(tmpfs / "filler", "wb") as filler:
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
+    curve = resumed_curve(path, 7)
+    with pytest.raises(ValueError) as err:
+        curve.on_train_begin(None)
+    assert str(err.value) == f"learning curve {path}: cannot be written (No space left on device)"
+    assert path.read_text(encoding="utf-8") == text
 
 
 PLOT = os.path.join(REPO, "scripts", "plot_learning_curve.py")

@@ -10,7 +10,7 @@ import numpy as np
 import mindspore as ms
 import pytest
 
-from src.checkpoint import latest_checkpoint, load_into
+from src.checkpoint import checkpoint_files, load_into
 from src.config import Config
 from src.warpctc import create_warpctc
 from conftest import REPO, TINY, TRAIN, last_error_line, run_py
@@ -30,7 +30,7 @@ def test_loss_falls_and_checkpoints_are_named_and_kept(trained):
     names = sorted(os.listdir(work / "checkpoint"))
     # every 4 steps (global steps 4..28) plus the last step; only the newest 3 are kept
     assert [n for n in names if n.endswith(".ckpt")] == ["warpctc-3_10.ckpt", "warpctc-3_4.ckpt", "warpctc-3_8.ckpt"]
-    assert latest_checkpoint(str(work / "checkpoint")).endswith("warpctc-3_10.ckpt")
+    assert checkpoint_files(str(work / "checkpoint"))[-1].path.endswith("warpctc-3_10.ckpt")
 
 
 def test_checkpoint_loads_back_into_the_network(trained):
@@ -58,7 +58,7 @@ def test_resume_after_kill_continues_steps_schedule_and_data(data_root, trained,
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-    resume_from = latest_checkpoint(str(ckpt_dir))
+    resume_from = checkpoint_files(str(ckpt_dir))[-1].path
     step = int(ms.load_checkpoint(resume_from)["global_step"].asnumpy().reshape(-1)[0])
     assert 0 < step < 30
     before = {n: (ckpt_dir / n).read_bytes() for n in os.listdir(ckpt_dir) if n.endswith(".ckpt")}
@@ -78,7 +78,7 @@ def test_resume_after_kill_continues_steps_schedule_and_data(data_root, trained,
     assert all(n.startswith("warpctc_1-") for n in after - set(before))
     assert all((ckpt_dir / n).read_bytes() == before[n] for n in after & set(before))
     assert sorted(after) == ["warpctc_1-3_10.ckpt", "warpctc_1-3_4.ckpt", "warpctc_1-3_8.ckpt"]
-    assert latest_checkpoint(str(ckpt_dir)).endswith("-3_10.ckpt")
+    assert checkpoint_files(str(ckpt_dir))[-1].path.endswith("-3_10.ckpt")
 
 
 def test_resume_of_finished_run_trains_nothing(data_root, trained, tmp_path):

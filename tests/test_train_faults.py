@@ -142,7 +142,7 @@ def test_read_only_folder_and_file_paths_are_one_line_errors(data_root, trained,
 
 # ---------------------------------------------------------------- 3. keep_checkpoint_max over resumes
 
-def test_keep_checkpoint_max_counts_the_checkpoints_of_every_run_in_the_folder(data_root, tmp_path):
+def test_keep_checkpoint_max_counts_the_checkpoints_of_every_run_of_the_training(data_root, tmp_path):
     base = [TRAIN, "--dataset_path", data_root / "train", *TINY, "--save_checkpoint_steps", "2",
             "--keep_checkpoint_max", "3"]
     folder = tmp_path / "checkpoint"
@@ -152,8 +152,9 @@ def test_keep_checkpoint_max_counts_the_checkpoints_of_every_run_in_the_folder(d
         resume = ["--resume_checkpoint", folder] if folder.exists() else []
         proc = run_py(base + ["--train_steps", steps] + resume, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        # the newest 3 by training position, whichever run wrote them
+        # the newest 3 by training position, whichever of its runs wrote them
         assert checkpoints(folder) == kept
+        assert "keeping " not in proc.stdout            # the folder holds no other training's checkpoint
 
 
 # ---------------------------------------------------------------- 4. resume with other settings
@@ -189,6 +190,7 @@ def test_checkpoint_without_run_record_resumes_as_before(data_root, trained, tmp
                    "--resume_checkpoint", older], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"resuming from {older} at step 24 " in proc.stdout
+    assert f"warning: checkpoint {older}: saved without a CRC, so damage to it cannot be detected" in proc.stderr
     np.testing.assert_allclose([v for *_, v in losses(proc.stdout)], [v for *_, v in losses(reference)[24:]],
                                rtol=1e-4)
 

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from src.cli import report_error
+from src.cli import report_error, stdout_error
 from src.captcha_spec import CaptchaSpec
 from src.config import Config, add_config_arguments, config_from_args
 from src.runtime import PLATFORMS, RunInfo, set_up
@@ -341,6 +341,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run(args, cfg, state)
     except ValueError as err:
         return report_error("train.py", err)
+    except RuntimeError as err:        # an image that went bad after the up-front check
+        from src.dataset import pipeline_error
+
+        return report_error("train.py", pipeline_error(err))
+    except BrokenPipeError as err:     # stdout's reader has gone: end as predict.py and eval.py do
+        return report_error("train.py", stdout_error(err))
     except OSError as err:      # an environment failure not foreseen above: still one line, naming the file
         where = f"{err.filename}: " if err.filename else ""
         return report_error("train.py", OSError(f"{where}{err.strerror or err}"))

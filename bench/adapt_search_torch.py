@@ -100,9 +100,9 @@ def load_folder(folder):
 
 
 def convert(checkpoint: str, out: str) -> None:
-    import mindspore as ms
+    from src.checkpoint import read_checkpoint
 
-    params = ms.load_checkpoint(checkpoint)
+    params = read_checkpoint(checkpoint)
     np.savez(out, **{k: v.asnumpy() for k, v in params.items() if k.startswith(("lstm.", "fc."))})
 
 

@@ -43,7 +43,7 @@ class Config:
     momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD optimizer"})
     save_checkpoint: bool = field(default=True, metadata={"help": "whether to save checkpoints"})
     save_checkpoint_steps: int = field(default=97, metadata={"help": "steps between two checkpoints (the last step is always saved)"})
-    keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints"})
+    keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints of this training"})
     save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
     # Not in the original's table, but fixed there in code; exposed so they are not hidden constants.
     seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle; process_data.py "

@@ -47,7 +47,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from src.manifest import dataset_report
     from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
     from src.runtime import set_up
-    from src.warpctc import WithLabelCell
+    from src.ctc_head import WithLabelCell
 
     cfg = config_from_args(args)
     info = set_up(args.platform, device_id=args.device_id)

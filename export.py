@@ -68,12 +68,14 @@ def _normalization(spec) -> Dict[str, object]:
     return {"step": "x = (x - mean) / std, per channel in BGR order", "mean": list(MEAN), "std": list(STD)}
 
 
-def deployment_info(spec, model_file: str, batch_size: int) -> Dict[str, object]:
-    """What a user without MindSpore needs to run an exported model and read its output."""
+def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, object]:
+    """What a user without MindSpore needs to run an exported model (``net``) and read its output."""
+    sequence_length = net.sequence_length
     norm = _normalization(spec)
     normalize_step = norm.pop("step")
     return {
         "model_file": model_file,
+        "network": dict(net.architecture),
         "charset": spec.charset,
         "blank_index": spec.blank,
         "num_classes": spec.num_classes,
@@ -95,8 +97,8 @@ def deployment_info(spec, model_file: str, batch_size: int) -> Dict[str, object]
             "resize": {"height": spec.input_height, "width": spec.width, "interpolation": "bilinear"},
         },
         "output": {
-            "shape": [spec.sequence_length, batch_size, spec.num_classes],
-            "layout": "TBC: one row of class scores (logits) per image column, per image",
+            "shape": [sequence_length, batch_size, spec.num_classes],
+            "layout": "TBC: one row of class scores (logits) per CTC step (the network's sequence_length), per image",
             "decoding": "greedy CTC: argmax over classes at each step, merge repeated classes, drop blank_index; "
                         "class i < blank_index is charset[i]",
         },
@@ -146,7 +148,7 @@ def export(args: argparse.Namespace) -> str:
         try:
             if args.file_format == "CKPT":
                 # With a CRC: every reader checks it (src.checkpoint.read_checkpoint).
-                ms.save_checkpoint(net, written, append_dict=model_record(spec, net.hidden_size), crc_check=True)
+                ms.save_checkpoint(net, written, append_dict=model_record(spec, net.architecture), crc_check=True)
             else:
                 ms.export(net, dummy, file_name=os.path.join(work, "export"), file_format=args.file_format)
             if not os.path.isfile(written):
@@ -154,7 +156,7 @@ def export(args: argparse.Namespace) -> str:
             if args.file_format != "CKPT":
                 # Beside the model, everything a non-MindSpore user needs to feed it and read it.
                 with open(os.path.join(work, "export.json"), "w", encoding="utf-8") as handle:
-                    json.dump(deployment_info(spec, os.path.basename(path), args.export_batch_size), handle,
+                    json.dump(deployment_info(spec, net, os.path.basename(path), args.export_batch_size), handle,
                               indent=1, ensure_ascii=False)
                     handle.write("\n")
                 os.replace(os.path.join(work, "export.json"), sidecar_path(path))

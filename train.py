@@ -289,7 +289,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     owned = []
     if cfg.save_checkpoint:
         owned = _prunable_checkpoints(folder, training, record, cfg)
-    append = {**record, **model_record(spec, cfg.hidden_size),
+    append = {**record, **model_record(spec, net.architecture),
               **training_record(new_training_id() if training is None else training)}
     callbacks, state.progress, state.checkpoints = make_callbacks(cfg, info, steps_per_epoch, start_step,
                                                                   total_steps, train_cell.optimizer, append, owned)

@@ -145,7 +145,7 @@ def run(args) -> None:
 
     for job in jobs:
         torch.manual_seed(job.seed)
-        lstm = torch.nn.LSTM(SPEC.input_size, 512, num_layers=2).to(dev)
+        lstm = torch.nn.LSTM(SPEC.input_height * 3, 512, num_layers=2).to(dev)
         fc = torch.nn.Linear(512, SPEC.num_classes).to(dev)
         with torch.no_grad():
             for name, p in list(lstm.named_parameters()):

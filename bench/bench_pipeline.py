@@ -151,12 +151,13 @@ def main(argv=None) -> int:
         return 0
 
     from src.checkpoint import model_record
-    from src.warpctc import create_warpctc
+    from src.network import create_network
 
     with tempfile.TemporaryDirectory(prefix="warpctc_bench_") as scratch:
         ckpt = os.path.join(scratch, "bench.ckpt")
         # With its spec, as train.py saves: eval and predict read the model from the file.
-        ms.save_checkpoint(create_warpctc(cfg, spec=spec), ckpt, append_dict=model_record(spec, cfg.hidden_size))
+        net = create_network(cfg, spec=spec)
+        ms.save_checkpoint(net, ckpt, append_dict=model_record(spec, net.architecture))
         subset = subset_folder(test_dir, args.images, os.path.join(scratch, "subset"))
         evaluated = eval_throughput(subset, cfg.batch_size, ckpt)
         predicted = predict_throughput(subset, cfg, ckpt)

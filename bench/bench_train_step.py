@@ -31,10 +31,10 @@ BENCH_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_heigh
 
 def lstm_step_gflop(spec: CaptchaSpec, batch: int, hidden: int, layers: int = 2) -> float:
     """Multiply-add FLOPs of forward + backward (backward ~ 2x forward) for the WarpCTC network."""
-    steps = spec.sequence_length
+    steps = spec.width
     forward = 0
     for layer in range(layers):
-        layer_in = spec.input_size if layer == 0 else hidden
+        layer_in = spec.input_height * 3 if layer == 0 else hidden
         forward += 2 * 4 * hidden * (layer_in + hidden) * batch * steps
     forward += 2 * hidden * spec.num_classes * batch * steps
     return 3 * forward / 1e9
@@ -98,7 +98,7 @@ def torch_step(cfg, spec: CaptchaSpec, images, labels, threads: int):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.lstm = torch.nn.LSTM(spec.input_size, cfg.hidden_size, num_layers=2)
+            self.lstm = torch.nn.LSTM(spec.input_height * 3, cfg.hidden_size, num_layers=2)
             self.fc = torch.nn.Linear(cfg.hidden_size, spec.num_classes)
 
         def forward(self, x):
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     images, labels = batch_arrays(spec, cfg.batch_size)
     gflop = lstm_step_gflop(spec, cfg.batch_size, cfg.hidden_size)
     print(f"machine: {os.cpu_count()} CPU(s); batch {cfg.batch_size}, hidden {cfg.hidden_size}, "
-          f"T={spec.sequence_length}, {spec.num_classes} classes; {gflop:.0f} GFLOP per training step")
+          f"T={spec.width}, {spec.num_classes} classes; {gflop:.0f} GFLOP per training step")
 
     results = {}
     results["project"] = statistics.median(time_steps(project_step(cfg, images, labels), args.steps, args.warmup))

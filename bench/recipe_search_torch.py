@@ -119,7 +119,7 @@ def _worker(job_dict, spec: CaptchaSpec, hidden: int, paths, out_dir, hard_deadl
 
     torch.manual_seed(job.seed)
     gen = torch.Generator(device="cpu").manual_seed(job.seed)
-    lstm = torch.nn.LSTM(spec.input_size, hidden, num_layers=2).to(dev)
+    lstm = torch.nn.LSTM(spec.input_height * 3, hidden, num_layers=2).to(dev)
     fc = torch.nn.Linear(hidden, spec.num_classes).to(dev)
     if job.forget_bias:
         with torch.no_grad():

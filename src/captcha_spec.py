@@ -65,12 +65,6 @@ class CaptchaSpec:
         for name in ("max_length", "width", "height"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_OPTION[name]} must be positive, got {getattr(self, name)}")
-        if self.width < 2 * self.max_length:
-            # CTC must be able to emit max_length characters with a blank between repeats.
-            raise ValueError(f"--captcha_width {self.width} is too small for --max_captcha_digits "
-                             f"{self.max_length}: CTC reads one time step per pixel column and needs up to 2 "
-                             f"per character (a blank between repeats): at least 2 x {self.max_length} = "
-                             f"{2 * self.max_length}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
 
@@ -102,16 +96,6 @@ class CaptchaSpec:
     def input_height(self) -> int:
         """Images are resized to a height that is a multiple of 16, as the original did."""
         return math.ceil(self.height / 16) * 16
-
-    @property
-    def input_size(self) -> int:
-        """Features per time step: one pixel column, ``input_height`` rows x 3 channels."""
-        return self.input_height * 3
-
-    @property
-    def sequence_length(self) -> int:
-        """CTC time steps: one per image column."""
-        return self.width
 
     # -- labels ----------------------------------------------------------------------------------
     def check_label(self, label: str, source: str = "label") -> str:

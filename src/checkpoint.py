@@ -13,6 +13,8 @@ import mindspore as ms
 from mindspore import nn
 
 from src.captcha_spec import SPEC_KEY, CaptchaSpec
+from src.network import (HEAD_PREFIX, HIDDEN_KEY, NETWORK_FIELDS, NETWORK_KEY, foreign_options, network_record,
+                         stored_architecture)
 from src.runtime import quiet_mindspore_logs
 
 # What a checkpoint's global step means depends on these; a resume must match them (see check_run_record).
@@ -105,7 +107,7 @@ def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = 
                          f"(e.g. {missing[0]})")
     if mismatched:
         raise ValueError(f"checkpoint {path}: was saved from a network of another shape "
-                         f"({mismatched[0]}; check --hidden_size/--captcha_height)")
+                         f"({mismatched[0]}; check the network options and --captcha_height)")
     # Only weights: a checkpoint also holds text entries (its captcha spec) that are no parameters.
     to_load = {name: value for name, value in params.items()
                if name not in ignore and isinstance(value, ms.Parameter)}
@@ -275,30 +277,26 @@ def training_record(training: str) -> Dict[str, str]:
     return {TRAINING_KEY: training} if training else {}
 
 
-# What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it.
-MODEL_FIELDS = tuple(CaptchaSpec().config_values()) + ("hidden_size",)
+# What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it:
+# the captcha spec's fields and the network's (src/network.py).
+MODEL_FIELDS = tuple(CaptchaSpec().config_values()) + NETWORK_FIELDS
 
 
-def model_record(spec: CaptchaSpec, hidden_size: int) -> Dict[str, object]:
-    """The checkpoint entries that describe the model: its captcha spec (JSON) and hidden size."""
-    return {SPEC_KEY: spec.to_json(), "hidden_size": int(hidden_size)}
+def model_record(spec: CaptchaSpec, arch: Mapping[str, object]) -> Dict[str, object]:
+    """The checkpoint entries that describe the model: its captcha spec (JSON) and its network
+    (``arch``: ``src.network.architecture(cfg)`` or ``net.architecture``)."""
+    return {SPEC_KEY: spec.to_json(), **network_record(arch)}
 
 
 def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
-    """The model fields a checkpoint records; for one saved before the spec existed, what its weights
-    tell (hidden size, input height, class count), which must be the original's digits."""
-    fc_weight = params.get("fc.weight")
+    """The model fields a checkpoint records; one saved before the spec existed must be the original
+    network reading the original's digits, as its dense layer's class count tells."""
+    stored = stored_architecture(f"checkpoint {path}", params)
     if SPEC_KEY in params:
-        spec = CaptchaSpec.from_json(str(params[SPEC_KEY]), source=f"checkpoint {path}")
-        stored = spec.config_values()
-        if "hidden_size" in params:
-            stored["hidden_size"] = int(params["hidden_size"].asnumpy().reshape(-1)[0])
-        elif fc_weight is not None:
-            stored["hidden_size"] = int(fc_weight.shape[1])
+        stored.update(CaptchaSpec.from_json(str(params[SPEC_KEY]), source=f"checkpoint {path}").config_values())
         return stored
-    stored = {}
+    fc_weight = params.get("fc.weight")
     if fc_weight is not None and len(fc_weight.shape) == 2:
-        stored["hidden_size"] = int(fc_weight.shape[1])
         if int(fc_weight.shape[0]) != CaptchaSpec().num_classes:
             raise ValueError(f"checkpoint {path}: records no captcha spec and has {int(fc_weight.shape[0])} "
                              f"classes, not the digits' {CaptchaSpec().num_classes}; it cannot be read")
@@ -307,25 +305,31 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
     return stored
 
 
-def _model_conflict(path: str, params: Mapping, cfg, given: Iterable[str]) -> str:
-    """The first ``given`` option of ``cfg`` that contradicts the model ``path`` records ("" when none)."""
+def _model_conflict(path: str, params: Mapping, cfg, given: Iterable[str], explicit: bool = True) -> str:
+    """The first ``given`` option of ``cfg`` that contradicts the model ``path`` records ("" when none):
+    a recorded value set otherwise, or, when the user gave them (``explicit``), an option of the other
+    network family."""
     stored = _stored_model(path, params)
     for name in sorted(set(given) & set(stored)):
         if getattr(cfg, name) != stored[name]:
             return f"--{name} {getattr(cfg, name)!r} conflicts with the checkpoint's {stored[name]!r}"
+    foreign = foreign_options(str(stored["network"]), given) if explicit else ()
+    if foreign:
+        return f"--{foreign[0]} is not an option of its network, {stored['network']}"
     return ""
 
 
 def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
-                  hint: str = "drop the option: the checkpoint says what it reads"):
+                  hint: str = "drop the option: the checkpoint says what it reads", explicit: bool = True):
     """``(cfg, spec)`` of the model stored in ``path``: its recorded fields replace the config's.
 
-    ``given`` names the options the user set explicitly; one that contradicts the checkpoint is a
-    one-line error (a checkpoint reads only the captchas it was trained for).
+    ``given`` names the options the user set explicitly (``explicit``; else the fields to compare,
+    as a resume does); one that contradicts the checkpoint is a one-line error (a checkpoint reads
+    only the captchas it was trained for).
     """
     import dataclasses
 
-    conflict = _model_conflict(path, params, cfg, given)
+    conflict = _model_conflict(path, params, cfg, given, explicit)
     if conflict:
         raise ValueError(f"checkpoint {path}: {conflict}; {hint}")
     cfg = dataclasses.replace(cfg, **_stored_model(path, params))
@@ -333,7 +337,7 @@ def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
 
 
 # The entries that tell which training wrote a checkpoint and whether it can continue this run.
-_SCANNED = RUN_RECORD_KEYS + (TRAINING_KEY, SPEC_KEY, "hidden_size", "fc.weight")
+_SCANNED = RUN_RECORD_KEYS + (TRAINING_KEY, SPEC_KEY, HIDDEN_KEY, NETWORK_KEY, "fc.weight")
 
 
 class FolderCheckpoint(NamedTuple):
@@ -356,7 +360,7 @@ def scan_checkpoints(folder: str, record: Mapping[str, int], cfg, prefix: str = 
         try:
             params = read_checkpoint(found.path, names=_SCANNED, warn=False)
             training = training_of(params)
-            misfit = _record_difference(params, record) or _model_conflict(found.path, params, cfg, MODEL_FIELDS)
+            misfit = _record_difference(params, record) or _model_conflict(found.path, params, cfg, MODEL_FIELDS, explicit=False)
         except ValueError as err:
             misfit = str(err).replace(f"checkpoint {found.path}: ", "", 1)
         scanned.append(FolderCheckpoint(found, training, misfit))
@@ -441,45 +445,46 @@ def restore_training(train_cell: nn.Cell, path: str, record: Mapping[str, int], 
         path, notice = resume_point(path, record, cfg)
     params = read_checkpoint(path)
     check_run_record(path, params, record)
-    resolve_model(path, params, cfg, given=MODEL_FIELDS, hint="resume with the settings it was trained with")
+    resolve_model(path, params, cfg, given=MODEL_FIELDS, hint="resume with the settings it was trained with",
+                  explicit=False)
     load_into(train_cell, path, params=params, ignore=NOT_RESTORED)
     return Resumed(path, int(params["global_step"].asnumpy().reshape(-1)[0]), training_of(params), notice)
 
 
 def load_network(path: str, cfg, platform: str = "CPU", given: Iterable[str] = ()):
-    """``(net, spec)``: a :class:`src.warpctc.StackedRNN` with the weights of ``path``, ready for inference,
+    """``(net, spec)``: the network ``path`` records (either family) with its weights, ready for inference,
     and the :class:`CaptchaSpec` it reads. The checkpoint's own record (alphabet, length, image
-    size, hidden size) decides; an explicitly ``given`` option that contradicts it is an error.
+    size, network) decides; an explicitly ``given`` option that contradicts it is an error.
     """
-    from src.warpctc import create_warpctc
+    from src.network import create_network
 
     params = read_checkpoint(path)
     cfg, spec = resolve_model(path, params, cfg, given)
-    net = create_warpctc(cfg, platform, spec)
+    net = create_network(cfg, platform, spec)
     load_into(net, path, params=params)
     net.set_train(False)
     return net, spec
 
 
 def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec) -> str:
-    """Load ``path``'s weights into ``net`` to start a new training (``--init_checkpoint``).
+    """Load ``path``'s weights into ``net`` (built by ``src.network.create_network``) to start a new
+    training (``--init_checkpoint``).
 
-    A checkpoint of another alphabet gives its LSTM weights and leaves the dense layer fresh;
-    weights that cannot transfer (hidden size, input height) are a ValueError. Returns a one-line
-    notice of what was loaded.
+    The checkpoint must be of the same network with the same hyper-parameters (else a ValueError
+    naming the first difference). One of another alphabet gives everything but the dense head,
+    which starts fresh. Returns a one-line notice of what was loaded.
     """
     params = read_checkpoint(path)
     stored = _stored_model(path, params)
-    first = params.get("lstm.weight_ih_l0")
-    if stored.get("hidden_size", net.hidden_size) != net.hidden_size:
-        raise ValueError(f"checkpoint {path}: its LSTM cannot start this network (hidden size differs: "
-                         f"{stored['hidden_size']} vs --hidden_size {net.hidden_size})")
-    if first is not None and int(first.shape[1]) != net.input_size:
-        raise ValueError(f"checkpoint {path}: its LSTM cannot start this network (input height differs: "
-                         f"{int(first.shape[1]) // 3} vs {net.input_size // 3}, from --captcha_height)")
+    for name, value in net.architecture.items():
+        if name in stored and stored[name] != value:
+            raise ValueError(f"checkpoint {path}: its {stored['network']} network cannot start this "
+                             f"{net.architecture['network']} network ({name} differs: {stored[name]!r} vs --{name} "
+                             f"{value!r})")
     if stored.get("charset", spec.charset) == spec.charset:
         load_into(net, path, params=params)
         return f"network weights from {path}"
-    load_into(net, path, params=params, ignore=[p.name for p in net.get_parameters() if p.name.startswith("fc.")])
-    return (f"LSTM weights from {path} (alphabet {stored['charset']!r}); the dense layer for this alphabet "
-            f"{spec.charset!r} ({spec.num_classes} classes) starts fresh")
+    load_into(net, path, params=params,
+              ignore=[p.name for p in net.get_parameters() if p.name.startswith(HEAD_PREFIX)])
+    return (f"{stored['network']} weights but the dense head from {path} (alphabet {stored['charset']!r}); the "
+            f"head for this alphabet {spec.charset!r} ({spec.num_classes} classes) starts fresh")

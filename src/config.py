@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, CaptchaSpec
+from src.network import check_architecture
 from src.render import RenderStyle
 
 _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
@@ -34,11 +35,12 @@ class Config:
                                                            "the CTC blank = its length"})
     max_captcha_digits: int = field(default=4, metadata={"help": "max number of characters in each captcha "
                                                                  "(labels have 1..N)"})
-    captcha_width: int = field(default=160, metadata={"help": "width of captcha images (= CTC sequence length)"})
+    captcha_width: int = field(default=160, metadata={"help": "width of captcha images (the network's CTC steps: this "
+                                                              "width for warpctc, width / crnn_width_stride for crnn)"})
     captcha_height: int = field(default=64, metadata={"help": "height of captcha images"})
     batch_size: int = field(default=64, metadata={"help": "batch size per device"})
     epoch_size: int = field(default=30, metadata={"help": "training epochs (inference always uses 1)"})
-    hidden_size: int = field(default=512, metadata={"help": "hidden size of both LSTM layers"})
+    hidden_size: int = field(default=512, metadata={"help": "hidden size of both LSTM layers (network warpctc)"})
     learning_rate: float = field(default=0.01, metadata={"help": "initial learning rate (x device count in data parallel)"})
     momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD optimizer"})
     save_checkpoint: bool = field(default=True, metadata={"help": "whether to save checkpoints"})
@@ -67,6 +69,19 @@ class Config:
     normalization: str = field(default=NORMALIZATIONS[0], metadata={
         "help": "input normalisation: fixed (the original's dataset mean/std) or per_image (each channel of each "
                 "image to mean 0, std 1); checkpoints record it, so eval, predict and export apply the same"})
+    # The network (src/network.py): the original, or the convolutional family; checkpoints record which.
+    network: str = field(default="warpctc", metadata={
+        "help": "warpctc (the original: an LSTM over pixel columns) or crnn (convolutional backbone, recurrent neck)"})
+    bidirectional: bool = field(default=False, metadata={
+        "help": "network warpctc: its LSTM also reads right to left (false = the original)"})
+    crnn_channels: str = field(default="16,32,64,128", metadata={
+        "help": "network crnn: comma-separated channels of the backbone's stages (each halves the height)"})
+    crnn_convs_per_stage: int = field(default=1, metadata={"help": "network crnn: 3x3 convolutions per stage"})
+    crnn_width_stride: int = field(default=4, metadata={
+        "help": "network crnn: the backbone divides the width by this (1, 2, 4 or 8): CTC steps = width / it"})
+    crnn_batch_norm: bool = field(default=True, metadata={"help": "network crnn: BatchNorm after each convolution"})
+    crnn_hidden_size: int = field(default=128, metadata={"help": "network crnn: hidden size of the neck's 2 LSTM layers"})
+    crnn_bidirectional: bool = field(default=True, metadata={"help": "network crnn: the neck reads both directions"})
     # Captchas rendered on the fly (src/render.py, README "Captchas on the fly").
     synthetic_images: int = field(default=0, metadata={
         "help": "train on this many captchas per epoch rendered on the fly from the spec, the style options and "
@@ -251,11 +266,11 @@ def load_yaml_overrides(path: str) -> dict:
 def validate(cfg: Config) -> Config:
     """Reject values no run can use, naming the option.
 
-    The captcha fields (alphabet, length, size, and the width CTC needs, normalisation) are
-    checked by building their :class:`CaptchaSpec`, the style fields by building their
-    :class:`RenderStyle`: each owns its rules.
+    The captcha fields (alphabet, length, size, normalisation) are checked by building their
+    :class:`CaptchaSpec`, the network's (and the CTC steps it needs) by ``src.network``, the style
+    fields by building their :class:`RenderStyle`: each owns its rules.
     """
-    CaptchaSpec.from_config(cfg)
+    check_architecture(cfg, CaptchaSpec.from_config(cfg))
     RenderStyle.from_config(cfg)
     positive = ("batch_size", "epoch_size", "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
     for name in positive:

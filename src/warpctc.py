@@ -1,10 +1,12 @@
-"""The WarpCTC network: every pixel column is a time step of a 2-layer LSTM, then a dense layer."""
+"""The original family (``network: warpctc``): every pixel column is a time step of a 2-layer LSTM, then the
+shared dense CTC head. Built by :func:`src.network.create_network`."""
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import nn, ops
 
 from src.captcha_spec import CaptchaSpec
+from src.ctc_head import CTCHead
 
 
 class StackedRNN(nn.Cell):
@@ -16,18 +18,20 @@ class StackedRNN(nn.Cell):
     Column ``w`` of the image is time step ``w``; its feature vector is the column's ``H`` rows
     x 3 channels (``H * 3`` values, row-major: row, then channel). The LSTM starts from a zero
     state. ``lstm_dtype=float16`` runs the LSTM in half precision (Ascend, as the original did)
-    while the dense layer and the output stay float32.
+    while the dense layer and the output stay float32. ``bidirectional`` also reads the columns
+    right to left (not the original; the head then sees both directions' states).
     """
 
     def __init__(self, input_size: int, hidden_size: int = 512, num_layers: int = 2,
-                 num_classes: int = CaptchaSpec().num_classes, lstm_dtype=ms.float32, forget_bias: float = 0.0):
+                 num_classes: int = CaptchaSpec().num_classes, lstm_dtype=ms.float32, forget_bias: float = 0.0,
+                 bidirectional: bool = False):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_classes = num_classes
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, has_bias=True,
-                            batch_first=False, bidirectional=False)
-        self.fc = nn.Dense(hidden_size, num_classes)
+                            batch_first=False, bidirectional=bidirectional)
+        self.fc = CTCHead(hidden_size * (2 if bidirectional else 1), num_classes)
         if forget_bias:
             shift_forget_bias(self.lstm, hidden_size, forget_bias)
         self.lstm_dtype = lstm_dtype
@@ -40,9 +44,7 @@ class StackedRNN(nn.Cell):
         x = ops.reshape(x, (width, batch, self.input_size))  # (W, B, H*C)
         x = ops.cast(x, self.lstm_dtype)
         y, _ = self.lstm(x)                                   # zero initial state
-        y = ops.cast(y, ms.float32)
-        y = self.fc(ops.reshape(y, (width * batch, self.hidden_size)))
-        return ops.reshape(y, (width, batch, self.num_classes))
+        return self.fc(ops.cast(y, ms.float32))
 
 
 def shift_forget_bias(lstm: nn.LSTM, hidden_size: int, value: float) -> None:
@@ -57,29 +59,3 @@ def shift_forget_bias(lstm: nn.LSTM, hidden_size: int, value: float) -> None:
             bias = param.asnumpy().copy()
             bias[hidden_size:2 * hidden_size] += value
             param.set_data(ms.Tensor(bias, param.dtype))
-
-
-class WithLabelCell(nn.Cell):
-    """Evaluation wrapper: ``(image, label) -> (logits, label)``, the inputs of the metrics."""
-
-    def __init__(self, backbone: nn.Cell):
-        super().__init__(auto_prefix=False)
-        self.backbone = backbone
-
-    def construct(self, image, label):
-        return self.backbone(image), label
-
-
-def lstm_dtype_for(platform: str):
-    """The one platform difference of the network: Ascend runs the LSTM in float16."""
-    return ms.float16 if platform == "Ascend" else ms.float32
-
-
-def create_warpctc(cfg, platform: str = "CPU", spec: CaptchaSpec | None = None) -> StackedRNN:
-    """The network for a :class:`src.config.Config` (hidden size, init) reading captchas of ``spec``
-    (default: the config's) on a platform; train, eval, predict, export and the hub build it here."""
-    spec = spec or CaptchaSpec.from_config(cfg)
-    net = StackedRNN(input_size=spec.input_size, hidden_size=cfg.hidden_size, num_classes=spec.num_classes,
-                     lstm_dtype=lstm_dtype_for(platform), forget_bias=cfg.forget_bias)
-    net.spec = spec       # what the outputs mean: decode with net.spec.greedy_decode(logits)
-    return net

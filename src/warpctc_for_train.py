@@ -42,13 +42,13 @@ def build_train_cell(cfg, platform: str, steps_per_epoch: int, group_size: int =
     from src.captcha_spec import CaptchaSpec
     from src.loss import CTCLoss
     from src.lr_schedule import get_lr
-    from src.warpctc import create_warpctc
+    from src.network import create_network
 
     lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps,
                 cfg.train_steps)
     spec = CaptchaSpec.from_config(cfg)
-    net = create_warpctc(cfg, platform, spec)
-    loss = CTCLoss(spec, cfg.batch_size)
+    net = create_network(cfg, platform, spec)
+    loss = CTCLoss(spec, cfg.batch_size, net.sequence_length)
     if cfg.optimizer == "adam":
         opt = nn.Adam(net.trainable_params(), learning_rate=ms.Tensor(lr))
     else:

@@ -16,7 +16,7 @@ from src.checkpoint import load_for_finetune, load_network, read_checkpoint, res
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
 from src.lr_schedule import MAX_STEPS, get_lr
-from src.warpctc import create_warpctc
+from src.network import create_network
 from conftest import REPO, TINY, TRAIN, run_py, snapshot
 
 EXPORT = os.path.join(REPO, "export.py")
@@ -125,7 +125,7 @@ def test_a_damaged_checkpoint_is_refused_by_every_reader_naming_the_file(data_ro
     assert proc.stdout == ""
     # eval.py, export.py and the hub entry read through the same function
     for read in (lambda: load_network(str(damaged), Config()),
-                 lambda: load_for_finetune(create_warpctc(Config(hidden_size=32)), str(damaged), CaptchaSpec()),
+                 lambda: load_for_finetune(create_network(Config(hidden_size=32)), str(damaged), CaptchaSpec()),
                  lambda: mindspore_hub_conf.create_network("warpctc", checkpoint_path=str(damaged))):
         with pytest.raises(ValueError) as err:
             read()

@@ -172,11 +172,16 @@ def test_images_must_be_at_least_twice_as_wide_as_the_longest_label():
     assert parse(["--captcha_width", "8"]).captcha_width == 8
     with pytest.raises(ValueError) as err:
         parse(["--captcha_width", "7"])
-    assert str(err.value) == ("--captcha_width 7 is too small for --max_captcha_digits 4: CTC reads one time step "
-                              "per pixel column and needs up to 2 per character (a blank between repeats): at "
+    assert str(err.value) == ("--captcha_width 7 gives the warpctc network 7 CTC steps (one per pixel column), too few for "
+                              "--max_captcha_digits 4: CTC needs up to 2 per character (a blank between repeats), at "
                               "least 2 x 4 = 8")
-    with pytest.raises(ValueError, match="--captcha_width 10 is too small for --max_captcha_digits 6"):
+    with pytest.raises(ValueError, match="--captcha_width 10 gives the warpctc network 10 CTC steps"):
         parse(["--captcha_width", "10", "--max_captcha_digits", "6"])
+    # The rule is the network's: crnn emits width / stride steps.
+    assert parse(["--network", "crnn", "--captcha_width", "32"]).captcha_width == 32
+    with pytest.raises(ValueError, match=r"--captcha_width 31 gives the crnn network 7 CTC steps \(--captcha_width 31 "
+                                         r"/ --crnn_width_stride 4\), too few for --max_captcha_digits 4"):
+        parse(["--network", "crnn", "--captcha_width", "31"])
 
 
 def test_the_alphabet_defaults_to_digits_and_keeps_the_original_coding():

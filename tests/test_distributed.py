@@ -27,7 +27,7 @@ from src.captcha_spec import CaptchaSpec
 from src.dataset import create_dataset
 from src.loss import CTCLoss
 from src.hccl_rank_table import RankTableError, read_rank_table
-from src.warpctc import create_warpctc
+from src.network import create_network
 from conftest import REPO, TINY
 
 SCRIPTS = os.path.join(REPO, "scripts")
@@ -134,10 +134,10 @@ def build_replay(data_root):
     """
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(1)
-    net = create_warpctc(Config(hidden_size=32), "CPU")
+    net = create_network(Config(hidden_size=32), "CPU")
     names = [p.name for p in net.trainable_params()]
     init = {n: p.asnumpy().copy() for n, p in zip(names, net.trainable_params())}
-    with_loss = nn.WithLossCell(net, CTCLoss(CaptchaSpec(), batch_size=BATCH))
+    with_loss = nn.WithLossCell(net, CTCLoss(CaptchaSpec(), batch_size=BATCH, sequence_length=net.sequence_length))
 
     class Grads(nn.Cell):
         def __init__(self, cell):

@@ -8,7 +8,8 @@ from src.config import Config
 from src.captcha_spec import CaptchaSpec
 from src.loss import CTCLoss
 from src.lr_schedule import get_lr
-from src.warpctc import StackedRNN, create_warpctc, shift_forget_bias
+from src.network import create_network
+from src.warpctc import StackedRNN, shift_forget_bias
 from src.warpctc_for_train import TrainOneStepCellWithGradClip
 from conftest import ctc_reference
 
@@ -20,7 +21,7 @@ ms.set_device("CPU")
 
 
 def test_output_shape_dtype_and_zero_state_determinism():
-    net = create_warpctc(Config(hidden_size=32))
+    net = create_network(Config(hidden_size=32))
     x = ms.Tensor(np.random.default_rng(0).standard_normal((3, 3, 64, 160)).astype(np.float32))
     out = net(x)
     assert out.shape == (160, 3, NUM_CLASSES) and out.dtype == ms.float32
@@ -29,7 +30,7 @@ def test_output_shape_dtype_and_zero_state_determinism():
 
 def test_columns_are_time_steps():
     """Changing only image column w must leave the outputs before step w unchanged."""
-    net = create_warpctc(Config(hidden_size=16))
+    net = create_network(Config(hidden_size=16))
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 160)).astype(np.float32)
     y = x.copy()
     y[:, :, :, 100] += 1.0
@@ -40,9 +41,9 @@ def test_columns_are_time_steps():
 
 def test_forget_bias_shifts_exactly_the_forget_gate_of_every_layer():
     ms.set_seed(4)
-    base = create_warpctc(Config(hidden_size=8))
+    base = create_network(Config(hidden_size=8))
     ms.set_seed(4)
-    shifted = create_warpctc(Config(hidden_size=8, forget_bias=1.0))
+    shifted = create_network(Config(hidden_size=8, forget_bias=1.0))
     for a, b in zip(base.get_parameters(), shifted.get_parameters()):
         delta = b.asnumpy() - a.asnumpy()
         expected = np.zeros_like(delta)
@@ -69,7 +70,7 @@ def test_forget_bias_rows_are_the_forget_gate():
 
 
 def test_parameter_count_matches_formula():
-    net = create_warpctc(Config())
+    net = create_network(Config())
     counted = sum(int(np.prod(p.shape)) for p in net.trainable_params())
     # per LSTM layer: 4 gates x hidden x (layer input + hidden) weights + two bias vectors; dense hidden x 11 + 11
     formula = (4 * 512 * (192 + 512) + 2 * 4 * 512) + (4 * 512 * (512 + 512) + 2 * 4 * 512) + 512 * 11 + 11
@@ -79,8 +80,8 @@ def test_parameter_count_matches_formula():
 def test_ascend_variant_runs_lstm_in_float16_with_float32_dense():
     cfg = Config(hidden_size=32)
     ms.set_seed(3)
-    net32 = create_warpctc(cfg, "CPU")
-    net16 = create_warpctc(cfg, "Ascend")
+    net32 = create_network(cfg, "CPU")
+    net16 = create_network(cfg, "Ascend")
     ms.load_param_into_net(net16, {p.name: p for p in net32.get_parameters()})
     rng = np.random.default_rng(2)
     columns = ms.Tensor(rng.standard_normal((160, 2, net16.input_size)).astype(np.float32))
@@ -98,7 +99,7 @@ def test_ctc_loss_equals_numpy_forward_algorithm():
     T, labels = 12, ["7", "11", "305", "9999"]     # repeats need a blank between them
     logits = np.random.default_rng(4).standard_normal((T, len(labels), NUM_CLASSES)).astype(np.float32)
     coded = np.stack([encode_label(s) for s in labels])
-    loss = CTCLoss(CaptchaSpec(width=T), batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
+    loss = CTCLoss(CaptchaSpec(width=T), batch_size=len(labels), sequence_length=T)(ms.Tensor(logits), ms.Tensor(coded))
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     expected = np.mean([ctc_reference(log_probs[:, i], [int(c) for c in s], BLANK) for i, s in enumerate(labels)])
@@ -111,7 +112,7 @@ def test_ctc_loss_network_and_confidence_for_an_alphanumeric_alphabet():
     logits = np.random.default_rng(5).standard_normal((10, len(labels), spec.num_classes)).astype(np.float32)
     coded = np.stack([spec.encode(s) for s in labels])
     assert coded[1].tolist() == [35, 35, 36, 36]                   # blank = 36, the last class
-    loss = CTCLoss(spec, batch_size=len(labels))(ms.Tensor(logits), ms.Tensor(coded))
+    loss = CTCLoss(spec, batch_size=len(labels), sequence_length=10)(ms.Tensor(logits), ms.Tensor(coded))
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     nll = [ctc_reference(log_probs[:, i], [spec.charset.index(c) for c in s], blank=36) for i, s in enumerate(labels)]
@@ -120,7 +121,7 @@ def test_ctc_loss_network_and_confidence_for_an_alphanumeric_alphabet():
     from src.captcha_spec import ctc_log_likelihood
     ours = ctc_log_likelihood(log_probs.astype(np.float64), [spec.encode(s)[:len(s)] for s in labels], spec.blank)
     np.testing.assert_allclose(-ours, nll, rtol=1e-6)
-    net = create_warpctc(Config(hidden_size=16, charset=spec.charset, captcha_width=10))
+    net = create_network(Config(hidden_size=16, charset=spec.charset, captcha_width=10))
     out = net(ms.Tensor(np.zeros((2, 3, 64, 10), np.float32)))
     assert out.shape == (10, 2, 37) and net.spec == spec
 
@@ -148,7 +149,7 @@ def test_update_is_lr_times_gradient_clipped_to_global_norm_10(sens, expect_clip
     rng = np.random.default_rng(5)
     x = ms.Tensor(rng.standard_normal((4, 3, 64, 160)).astype(np.float32))
     y = ms.Tensor(np.stack([encode_label(s) for s in ("1", "23", "456", "7890")]))
-    loss_cell = nn.WithLossCell(net, CTCLoss(DIGITS, 4))
+    loss_cell = nn.WithLossCell(net, CTCLoss(DIGITS, 4, 160))
     # The cell back-propagates sens instead of 1, so its gradient is sens times the loss's.
     _, grads = ms.value_and_grad(loss_cell, None, net.trainable_params())(x, y)
     grads = [sens * g.asnumpy().astype(np.float64) for g in grads]

@@ -295,9 +295,9 @@ def test_folder_without_manifest_is_user_data_and_a_damaged_one_is_named(tmp_pat
 def test_images_too_narrow_for_ctc_are_refused_before_anything_is_written(tmp_path):
     proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--captcha_width", "7"])
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("process_data.py: error: --captcha_width 7 is too small for --max_captcha_digits "
-                                   "4: CTC reads one time step per pixel column and needs up to 2 per character "
-                                   "(a blank between repeats): at least 2 x 4 = 8")
+    assert proc.stderr.strip() == ("process_data.py: error: --captcha_width 7 gives the warpctc network 7 CTC steps "
+                                   "(one per pixel column), too few for --max_captcha_digits 4: CTC needs up to 2 "
+                                   "per character (a blank between repeats), at least 2 x 4 = 8")
     assert not (tmp_path / "data").exists()
     proc = run_py([PROCESS_DATA, "--output_dir", tmp_path / "data", "--captcha_width", "8", "--splits", "test",
                    "--test_count", "3", "--quiet"])

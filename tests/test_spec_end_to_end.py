@@ -92,8 +92,8 @@ def test_fine_tuning_to_another_alphabet_starts_a_fresh_dense_layer(hex_run, dat
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--train_steps", "2", "--learning_rate",
                    "1e-12", "--momentum", "0", "--init_checkpoint", ckpt], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (f"LSTM weights from {ckpt} (alphabet '{HEX}'); the dense layer for this alphabet '0123456789' "
-            "(11 classes) starts fresh; optimizer and schedule start at step 0") in proc.stdout
+    assert (f"warpctc weights but the dense head from {ckpt} (alphabet '{HEX}'); the head for this alphabet "
+            "'0123456789' (11 classes) starts fresh; optimizer and schedule start at step 0") in proc.stdout
     source, tuned = ms.load_checkpoint(str(ckpt)), ms.load_checkpoint(str(tmp_path / "checkpoint" / "warpctc-1_2.ckpt"))
     lstm = [name for name in source if name.startswith("lstm.") and name in tuned]
     assert len(lstm) == 8
@@ -108,8 +108,8 @@ def test_weights_that_cannot_transfer_are_one_line_and_nothing_is_written(hex_ru
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", "--batch_size", "16", "--hidden_size", "48",
                    "--init_checkpoint", ckpt], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert last_error_line(proc).startswith(f"train.py: error: checkpoint {ckpt}: its LSTM cannot start this network "
-                                            "(hidden size differs")
+    assert last_error_line(proc).startswith(f"train.py: error: checkpoint {ckpt}: its warpctc network cannot start "
+                                            "this warpctc network (hidden_size differs: 32 vs --hidden_size 48)")
     assert not (tmp_path / "checkpoint").exists()
 
 

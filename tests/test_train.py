@@ -12,7 +12,7 @@ import pytest
 
 from src.checkpoint import checkpoint_files, load_into
 from src.config import Config
-from src.warpctc import create_warpctc
+from src.network import create_network
 from conftest import REPO, TINY, TRAIN, last_error_line, run_py
 LOSS_LINE = re.compile(r"epoch: (\d+) step: (\d+), loss is ([0-9.eE+-]+)")
 
@@ -35,7 +35,7 @@ def test_loss_falls_and_checkpoints_are_named_and_kept(trained):
 
 def test_checkpoint_loads_back_into_the_network(trained):
     work, _ = trained
-    net = create_warpctc(Config(hidden_size=32))
+    net = create_network(Config(hidden_size=32))
     params = load_into(net, str(work / "checkpoint" / "warpctc-3_10.ckpt"))
     assert int(params["global_step"].asnumpy().reshape(-1)[0]) == 30
     np.testing.assert_array_equal(net.fc.weight.asnumpy(), params["fc.weight"].asnumpy())

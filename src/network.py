@@ -163,6 +163,14 @@ def create_network(cfg, platform: str = "CPU", spec=None):
     if cfg.network == "crnn":
         from src.crnn import CRNN
 
+        if platform == "CPU":
+            from src.runtime import cap_cpu_isa
+
+            # On AVX-512 CPUs, MindSpore 2.10's oneDNN runs plain-layout convolutions with its reference
+            # kernel, ~100x slower than its AVX2 one (bench/README.md). The original family is not
+            # capped: its LSTM runs faster with AVX-512.
+            cap_cpu_isa("AVX2")
+
         net = CRNN(spec.input_height, spec.num_classes, channels=parse_channels(cfg.crnn_channels),
                    convs_per_stage=cfg.crnn_convs_per_stage, width_stride=cfg.crnn_width_stride,
                    batch_norm=cfg.crnn_batch_norm, hidden_size=cfg.crnn_hidden_size,

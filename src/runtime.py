@@ -54,6 +54,16 @@ def quiet_mindspore_logs() -> Iterator[None]:
         logging.disable(previous)
 
 
+def cap_cpu_isa(isa: str) -> bool:
+    """Cap the instruction set of oneDNN (MindSpore's CPU kernels for convolutions and LSTMs) at ``isa``.
+
+    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` when it creates its first kernel, so this acts only before a
+    network first runs in the process, and never overrides a value the user set. Returns whether
+    the cap is the one in force.
+    """
+    return os.environ.setdefault("ONEDNN_MAX_CPU_ISA", isa) == isa
+
+
 # The backend plugin each platform needs in mindspore/lib/plugin, and what provides its libraries.
 _PLUGINS = {"GPU": ("libmindspore_gpu.so*", "CUDA {version} and cuDNN"),
             "Ascend": ("libmindspore_ascend.so*", "the Ascend CANN toolkit (source its set_env.sh)")}

@@ -25,6 +25,18 @@ LOSS_LINE = re.compile(r"epoch: (\d+) step: (\d+), loss is ([0-9.eE+-]+)")
 LR_LINE = re.compile(r"step (\d+) of \d+: [0-9.]+ s/step, lr ([0-9.eE+-]+)")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def keep_cpu_isa():
+    """Building a crnn in this process caps oneDNN's instruction set (src/network.py); the cap must not
+    reach the later tests' subprocesses."""
+    before = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    yield
+    if before is None:
+        os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    else:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = before
+
+
 @pytest.fixture(scope="module")
 def crnn_run(data_root, tmp_path_factory):
     """2 epochs x 10 steps of a tiny crnn (Adam, warm-up, cosine), a checkpoint every 4 steps."""

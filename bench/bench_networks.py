@@ -1,0 +1,230 @@
+"""Both network families side by side, on this machine, in one run: training and inference speed.
+
+For each network (each in its own process: the crnn caps oneDNN's instruction set, see
+src/network.py) it measures, after warm-up and reading every result back:
+
+- the training step train.py builds (Adam, clip 10, batch 64) and a PyTorch replica of the same
+  network, loss and optimizer: s/step each and their ratio;
+- inference at batch 64: the MindSpore network, and the same network exported to ONNX and run by
+  onnxruntime: images/s each;
+- eval.py end to end (images from PNG files, the pipeline, decoding) on ``--images`` rendered
+  captchas: images/s;
+- FLOP per image (bench/network_flops.py) and the share of numpy's fp32 matmul peak.
+
+    pip install -r bench/requirements.txt      # torch for the replica
+    python bench/bench_networks.py [--steps 5] [--images 1000] [config options]
+
+The crnn defaults are src/config.py's; give ``--crnn_channels`` etc. to time another design.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
+from src.captcha_spec import CaptchaSpec  # noqa: E402
+from src.config import CONFIG_FIELDS, add_config_arguments, config_from_args, explicit_overrides  # noqa: E402
+
+
+def median_seconds(step, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def batch(spec: CaptchaSpec, size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((size, 3, spec.input_height, spec.width)).astype(np.float32)
+    lengths = rng.integers(1, spec.max_length + 1, size)
+    labels = np.full((size, spec.max_length), spec.blank, np.int32)
+    for row, length in zip(labels, lengths):
+        row[:length] = rng.integers(0, spec.blank, length)
+    return images, labels
+
+
+def torch_replica(cfg, spec: CaptchaSpec):
+    """The network of ``cfg`` in PyTorch: the same layers, shapes and output layout (T, B, C)."""
+    import torch
+    from torch import nn
+
+    from src.network import halvings, parse_channels, sequence_length
+
+    class Replica(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if cfg.network == "crnn":
+                layers, previous = [], 3
+                for stage, width in enumerate(parse_channels(cfg.crnn_channels)):
+                    for _ in range(cfg.crnn_convs_per_stage):
+                        layers.append(nn.Conv2d(previous, width, 3, padding=1, bias=not cfg.crnn_batch_norm))
+                        if cfg.crnn_batch_norm:
+                            layers.append(nn.BatchNorm2d(width))
+                        layers.append(nn.ReLU())
+                        previous = width
+                    window = (2, 2) if stage < halvings(cfg.crnn_width_stride) else (2, 1)
+                    layers.append(nn.MaxPool2d(window, window))
+                self.backbone = nn.Sequential(*layers)
+                features = previous * (spec.input_height >> len(parse_channels(cfg.crnn_channels)))
+                self.rnn = nn.LSTM(features, cfg.crnn_hidden_size, 2, bidirectional=cfg.crnn_bidirectional)
+                out = cfg.crnn_hidden_size * (2 if cfg.crnn_bidirectional else 1)
+            else:
+                self.backbone = None
+                self.rnn = nn.LSTM(spec.input_height * 3, cfg.hidden_size, 2, bidirectional=cfg.bidirectional)
+                out = cfg.hidden_size * (2 if cfg.bidirectional else 1)
+            self.fc = nn.Linear(out, spec.num_classes)
+
+        def forward(self, x):
+            if self.backbone is not None:
+                x = self.backbone(x)
+                b, c, h, w = x.shape
+                x = x.reshape(b, c * h, w).permute(2, 0, 1)
+            else:
+                b, _, h, w = x.shape
+                x = x.permute(3, 0, 2, 1).reshape(w, b, h * 3)
+            y, _ = self.rnn(x)
+            return self.fc(y)
+
+    return Replica(), sequence_length(cfg, spec)
+
+
+def measure(cfg, args) -> dict:
+    """Every figure of one network, in this process."""
+    import mindspore as ms
+
+    from src.checkpoint import model_record
+    from src.runtime import set_up
+    from src.warpctc_for_train import build_train_cell
+
+    spec = CaptchaSpec.from_config(cfg)
+    set_up("CPU")
+    images, labels = batch(spec, cfg.batch_size)
+    net, cell, _ = build_train_cell(cfg, "CPU", steps_per_epoch=1000)
+    x, y = ms.Tensor(images), ms.Tensor(labels)
+    row = {"network": cfg.network, "parameters": int(sum(p.size for p in net.trainable_params())),
+           "ctc_steps": net.sequence_length, "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA", "none")}
+    row["mindspore_s_per_step"] = median_seconds(lambda: cell(x, y).asnumpy(), 2, args.steps)
+    net.set_train(False)
+    row["mindspore_images_per_s"] = cfg.batch_size / median_seconds(lambda: net(x).asnumpy(), 2, args.steps * 2)
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(os.cpu_count() or 1)
+        replica, steps = torch_replica(cfg, spec)
+        opt = torch.optim.Adam(replica.parameters(), lr=1e-3)
+        ctc = torch.nn.CTCLoss(blank=spec.blank, reduction="mean", zero_infinity=False)
+        tx, ty = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+        target_lengths = torch.from_numpy((labels != spec.blank).sum(1).astype(np.int64))
+        input_lengths = torch.full((cfg.batch_size,), steps, dtype=torch.int64)
+
+        def torch_step():
+            opt.zero_grad()
+            loss = ctc(replica(tx).log_softmax(-1), ty, input_lengths, target_lengths)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(replica.parameters(), cfg.clip_global_norm)
+            opt.step()
+            return loss.item()
+
+        row["torch_s_per_step"] = median_seconds(torch_step, 2, args.steps)
+        row["step_ratio_mindspore_over_torch"] = row["mindspore_s_per_step"] / row["torch_s_per_step"]
+
+    with tempfile.TemporaryDirectory(prefix="bench_networks_") as scratch:
+        ckpt = os.path.join(scratch, "net.ckpt")
+        ms.save_checkpoint(net, ckpt, append_dict=model_record(spec, net.architecture))
+        onnx_path = os.path.join(scratch, "net.onnx")
+        ms.export(net, x, file_name=onnx_path[:-5], file_format="ONNX")
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: images}
+        row["onnxruntime_images_per_s"] = cfg.batch_size / median_seconds(lambda: session.run(None, feed), 2,
+                                                                          args.steps * 2)
+        row["onnxruntime_over_mindspore"] = row["onnxruntime_images_per_s"] / row["mindspore_images_per_s"]
+        row["eval_images_per_s"] = eval_throughput(cfg, spec, ckpt, scratch, args.images)
+    return row
+
+
+def eval_throughput(cfg, spec, ckpt: str, scratch: str, count: int) -> float:
+    """eval.py's own images/s line on ``count`` rendered captchas (a separate process, as a user runs it)."""
+    import process_data
+
+    folder = os.path.join(scratch, "test")
+    process_data.render_split(folder, count, spec=spec, seed=5, split="test", workers=1, progress=False)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--dataset_path", folder,
+                           "--checkpoint_path", ckpt, "--quiet", "--batch_size", str(cfg.batch_size)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    return float(proc.stdout.strip().splitlines()[-1].rsplit("(", 1)[1].split()[0])
+
+
+def matmul_gflops(n: int = 4096) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = min(median_seconds(lambda: a @ a, 1, 1) for _ in range(3))
+    return 2 * n ** 3 / best / 1e9
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per network (default 5)")
+    parser.add_argument("--images", type=int, default=1000, help="rendered captchas for eval.py (default 1000)")
+    parser.add_argument("--only", default=None, choices=("warpctc", "crnn"),
+                        help="measure only this network, in this process (what the driver runs)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.only:
+        row = measure(dataclasses.replace(cfg, network=args.only), args)
+        print("RESULT " + json.dumps(row), flush=True)
+        return 0
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from network_flops import forward_flop
+
+    peak = matmul_gflops()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; numpy fp32 4096^3 matmul {peak:.0f} GFLOP/s; "
+          f"batch {cfg.batch_size}, captchas {CaptchaSpec.from_config(cfg).describe()}", flush=True)
+    options = [f"--{name}={value}" for name, value in explicit_overrides(args).items() if name in CONFIG_FIELDS]
+    for network in ("warpctc", "crnn"):
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", network, "--steps",
+                               str(args.steps), "--images", str(args.images), *options],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+        rows = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not rows:
+            print(f"{network}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+            continue
+        row = json.loads(rows[0])
+        flop = forward_flop(dataclasses.replace(cfg, network=network), CaptchaSpec.from_config(cfg))["total"]
+        step_gflop = 3 * flop * cfg.batch_size / 1e9
+        row["forward_mflop_per_image"] = flop / 1e6
+        row["train_gflops"] = step_gflop / row["mindspore_s_per_step"]
+        row["train_share_of_matmul_peak"] = row["train_gflops"] / peak
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

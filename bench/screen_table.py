@@ -1,0 +1,51 @@
+"""The Markdown table of a network screen: ``python bench/screen_table.py docs/network_screen.jsonl``.
+
+One row per design of ``bench/screen_networks.py``'s JSON lines: its speed, its accuracy at the
+curve's steps, and its accuracy at equal training minutes (interpolated between curve points, which
+is what "accuracy per CPU-minute" compares).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Dict, List
+
+
+def accuracy_at(curve: List[Dict[str, float]], seconds: float) -> str:
+    """Held-out accuracy after ``seconds`` of training, interpolated; "-" past the curve's end."""
+    points = [(0.0, 0.0)] + [(p["train_seconds"], p["accuracy"]) for p in curve]
+    for (t0, a0), (t1, a1) in zip(points, points[1:]):
+        if t0 <= seconds <= t1:
+            return f"{100 * (a0 + (a1 - a0) * (seconds - t0) / max(t1 - t0, 1e-9)):.1f} %"
+    return "-"
+
+
+def table(rows: List[Dict[str, object]], minutes=(2, 4, 6)) -> str:
+    head = ("| design | changed from crnn_light | parameters | CTC steps | s/step | inference images/s | steps done | "
+            + " | ".join(f"accuracy at {m} min" for m in minutes) + " | final accuracy | final CER |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    base = next((r["fields"] for r in rows if r["design"] == "crnn_light"), {})
+    for row in rows:
+        changed = {k: v for k, v in row["fields"].items() if base.get(k) != v}
+        what = "(the baseline)" if row["design"] == "crnn_light" else ", ".join(f"{k}={v}" for k, v in changed.items())
+        last = row["curve"][-1]
+        lines.append(f"| `{row['design']}` | {what} | {row['parameters']:,} | {row['ctc_steps']} | "
+                     f"{row['s_per_step']:.3f} | {row['inference_images_per_s']:.0f} | {last['step']} | "
+                     + " | ".join(accuracy_at(row["curve"], 60 * m) for m in minutes)
+                     + f" | {100 * last['accuracy']:.1f} % | {100 * last['cer']:.1f} % |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python bench/screen_table.py SCREEN.jsonl", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,40 +25,24 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, REPO)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path[:0] = [REPO, BENCH]
+from bench_train_step import batch_arrays as batch, matmul_peak_gflops, time_steps  # noqa: E402
+from network_flops import forward_flop  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.config import CONFIG_FIELDS, add_config_arguments, config_from_args, explicit_overrides  # noqa: E402
 
 
 def median_seconds(step, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def batch(spec: CaptchaSpec, size: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((size, 3, spec.input_height, spec.width)).astype(np.float32)
-    lengths = rng.integers(1, spec.max_length + 1, size)
-    labels = np.full((size, spec.max_length), spec.blank, np.int32)
-    for row, length in zip(labels, lengths):
-        row[:length] = rng.integers(0, spec.blank, length)
-    return images, labels
+    return float(np.median(time_steps(step, repeats, warmup)))
 
 
 def torch_replica(cfg, spec: CaptchaSpec):
     """The network of ``cfg`` in PyTorch: the same layers, shapes and output layout (T, B, C)."""
-    import torch
     from torch import nn
 
     from src.network import halvings, parse_channels, sequence_length
@@ -174,12 +158,6 @@ def eval_throughput(cfg, spec, ckpt: str, scratch: str, count: int) -> float:
     return float(proc.stdout.strip().splitlines()[-1].rsplit("(", 1)[1].split()[0])
 
 
-def matmul_gflops(n: int = 4096) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    best = min(median_seconds(lambda: a @ a, 1, 1) for _ in range(3))
-    return 2 * n ** 3 / best / 1e9
-
-
 def cpu_model() -> str:
     with open("/proc/cpuinfo", encoding="utf-8") as handle:
         for line in handle:
@@ -201,11 +179,8 @@ def main(argv=None) -> int:
         row = measure(dataclasses.replace(cfg, network=args.only), args)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from network_flops import forward_flop
-
-    peak = matmul_gflops()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; numpy fp32 4096^3 matmul {peak:.0f} GFLOP/s; "
+    peak, library = matmul_peak_gflops()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {library} fp32 4096^3 matmul {peak:.0f} GFLOP/s; "
           f"batch {cfg.batch_size}, captchas {CaptchaSpec.from_config(cfg).describe()}", flush=True)
     options = [f"--{name}={value}" for name, value in explicit_overrides(args).items() if name in CONFIG_FIELDS]
     for network in ("warpctc", "crnn"):

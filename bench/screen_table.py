@@ -12,12 +12,17 @@ from typing import Dict, List
 
 
 def accuracy_at(curve: List[Dict[str, float]], seconds: float) -> str:
-    """Held-out accuracy after ``seconds`` of training, interpolated; "-" past the curve's end."""
-    points = [(0.0, 0.0)] + [(p["train_seconds"], p["accuracy"]) for p in curve]
-    for (t0, a0), (t1, a1) in zip(points, points[1:]):
+    """Held-out accuracy after ``seconds`` of training, interpolated between two measured points;
+    "-" before the first point, and the last value, marked "(ended)", for a run that ended earlier."""
+    points = [(p["train_seconds"], p["accuracy"]) for p in curve]
+    if seconds < points[0][0]:
+        return "-"
+    if seconds > points[-1][0]:
+        return f"{100 * points[-1][1]:.1f} % (ended)"
+    for (t0, a0), (t1, a1) in zip(points, points[1:] or points):
         if t0 <= seconds <= t1:
             return f"{100 * (a0 + (a1 - a0) * (seconds - t0) / max(t1 - t0, 1e-9)):.1f} %"
-    return "-"
+    return f"{100 * points[-1][1]:.1f} %"
 
 
 def table(rows: List[Dict[str, object]], minutes=(2, 4, 6)) -> str:

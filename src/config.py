@@ -70,6 +70,7 @@ class Config:
         "help": "input normalisation: fixed (the original's dataset mean/std) or per_image (each channel of each "
                 "image to mean 0, std 1); checkpoints record it, so eval, predict and export apply the same"})
     # The network (src/network.py): the original, or the convolutional family; checkpoints record which.
+    # The crnn defaults are the screen's best crnn per CPU-minute (docs/networks.md, "The screen").
     network: str = field(default="warpctc", metadata={
         "help": "warpctc (the original: an LSTM over pixel columns) or crnn (convolutional backbone, recurrent neck)"})
     bidirectional: bool = field(default=False, metadata={

@@ -305,11 +305,10 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
     return stored
 
 
-def _model_conflict(path: str, params: Mapping, cfg, given: Iterable[str], explicit: bool = True) -> str:
-    """The first ``given`` option of ``cfg`` that contradicts the model ``path`` records ("" when none):
-    a recorded value set otherwise, or, when the user gave them (``explicit``), an option of the other
-    network family."""
-    stored = _stored_model(path, params)
+def _model_conflict(stored: Mapping[str, object], cfg, given: Iterable[str], explicit: bool = True) -> str:
+    """The first ``given`` option of ``cfg`` that contradicts ``stored`` (a checkpoint's :func:`_stored_model`;
+    "" when none): a recorded value set otherwise, or, when the user gave them (``explicit``), an option
+    of the other network family."""
     for name in sorted(set(given) & set(stored)):
         if getattr(cfg, name) != stored[name]:
             return f"--{name} {getattr(cfg, name)!r} conflicts with the checkpoint's {stored[name]!r}"
@@ -329,10 +328,11 @@ def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
     """
     import dataclasses
 
-    conflict = _model_conflict(path, params, cfg, given, explicit)
+    stored = _stored_model(path, params)
+    conflict = _model_conflict(stored, cfg, given, explicit)
     if conflict:
         raise ValueError(f"checkpoint {path}: {conflict}; {hint}")
-    cfg = dataclasses.replace(cfg, **_stored_model(path, params))
+    cfg = dataclasses.replace(cfg, **stored)
     return cfg, CaptchaSpec.from_config(cfg)
 
 
@@ -360,7 +360,8 @@ def scan_checkpoints(folder: str, record: Mapping[str, int], cfg, prefix: str = 
         try:
             params = read_checkpoint(found.path, names=_SCANNED, warn=False)
             training = training_of(params)
-            misfit = _record_difference(params, record) or _model_conflict(found.path, params, cfg, MODEL_FIELDS, explicit=False)
+            misfit = (_record_difference(params, record)
+                      or _model_conflict(_stored_model(found.path, params), cfg, MODEL_FIELDS, explicit=False))
         except ValueError as err:
             misfit = str(err).replace(f"checkpoint {found.path}: ", "", 1)
         scanned.append(FolderCheckpoint(found, training, misfit))

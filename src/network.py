@@ -75,10 +75,9 @@ def check_architecture(cfg, spec) -> None:
         if pooled(spec.input_height, len(channels)) < 1:
             raise ValueError(f"--crnn_channels has {len(channels)} stages, each halving the height, too many for "
                              f"images {spec.input_height} pixels high (--captcha_height)")
-        for name in ("crnn_convs_per_stage", "crnn_hidden_size"):
-            if not 1 <= getattr(cfg, name) <= (4 if name == "crnn_convs_per_stage" else 4096):
-                raise ValueError(f"--{name} must be in 1..{4 if name == 'crnn_convs_per_stage' else 4096}, got "
-                                 f"{getattr(cfg, name)}")
+        for name, high in (("crnn_convs_per_stage", 4), ("crnn_hidden_size", 4096)):
+            if not 1 <= getattr(cfg, name) <= high:
+                raise ValueError(f"--{name} must be in 1..{high}, got {getattr(cfg, name)}")
     steps = sequence_length(cfg, spec)
     if steps < 2 * spec.max_length:
         # CTC must be able to emit max_length characters with a blank between repeats.

@@ -262,3 +262,24 @@ def test_bad_normalization_and_style_values_are_one_line_errors(argv, message):
     with pytest.raises(ValueError, match=re.escape(message)) as info:
         parse(argv)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--network", "cnn"], "--network must be one of warpctc, crnn, got 'cnn'"),
+    (["--network", "crnn", "--crnn_channels", "16,x"], "--crnn_channels must be 1 to 6 comma-separated widths in "
+                                                       "1..1024, e.g. 32,64,128,192, got '16,x'"),
+    (["--network", "crnn", "--crnn_width_stride", "3"], "--crnn_width_stride must be 1, 2, 4 or 8, with at most one "
+                                                        "halving per stage of --crnn_channels (4 stages), got 3"),
+    (["--network", "crnn", "--crnn_channels", "8,8", "--crnn_width_stride", "8"], "--crnn_width_stride must be 1, 2, "
+                                                                                   "4 or 8, with at most one halving "
+                                                                                   "per stage of --crnn_channels (2 "
+                                                                                   "stages), got 8"),
+    (["--network", "crnn", "--crnn_channels", "8,8,8,8,8", "--captcha_height", "16"],
+     "--crnn_channels has 5 stages, each halving the height, too many for images 16 pixels high (--captcha_height)"),
+    (["--network", "crnn", "--crnn_convs_per_stage", "5"], "--crnn_convs_per_stage must be in 1..4, got 5"),
+    (["--network", "crnn", "--crnn_hidden_size", "0"], "--crnn_hidden_size must be in 1..4096, got 0"),
+])
+def test_bad_network_options_are_one_line_errors_naming_the_option(argv, message):
+    with pytest.raises(ValueError) as err:
+        parse(argv)
+    assert str(err.value) == message

@@ -213,3 +213,17 @@ def test_the_factory_says_how_many_steps_each_network_emits():
                                crnn_batch_norm=False, crnn_convs_per_stage=2), 40)):
         net = create_network(cfg)
         assert net.sequence_length == steps and net(x).shape == (steps, 2, 11)
+
+
+@pytest.mark.parametrize("record, reason", [
+    ('{"network": "rnn"}', "unknown network 'rnn'"),
+    ('{"network": "crnn", "crnn_channels": "8,8"}', "'crnn_convs_per_stage'"),
+    (json.dumps({**architecture(Config(network="crnn")), "crnn_width_stride": 4.0}),
+     "'crnn_width_stride' must be int, got 4.0"),
+    ("not json", "Expecting value"),
+])
+def test_a_damaged_network_record_is_one_line_naming_the_checkpoint(record, reason):
+    from src.network import stored_architecture
+
+    with pytest.raises(ValueError, match=r"^checkpoint x\.ckpt: damaged network record \(.*" + re.escape(reason)):
+        stored_architecture("checkpoint x.ckpt", {NETWORK_KEY: record})

@@ -3,7 +3,8 @@
 The captchas come from a dataset folder or are rendered on the fly. A dataset folder is
 either ``<index>-<label>.<ext>`` files (what ``process_data.py`` renders: the label is the
 part after the first ``-``), or images of any names plus a ``labels.tsv`` (``file<TAB>label``
-per line, UTF-8: the format predict.py prints, so corrected predictions become labels).
+per line, UTF-8: the format predict.py prints, so corrected predictions become labels; a folder
+being labelled by hand lists only its labelled images, see :func:`read_labels_tsv`).
 On the fly (``synthetic_images``), every sample is a pure function of the seed and its place
 in the stream (see :class:`SyntheticSource`). Labels are checked against the
 :class:`CaptchaSpec` and coded by it (class indices right-padded with the blank), the same way
@@ -20,7 +21,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,6 +39,11 @@ PER_IMAGE_STD_FLOOR = 1.0 / 255.0
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 _FORMAT_NAMES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP"}
 LABELS_FILE = "labels.tsv"
+# The first line the labeller (src/labelling.py) writes: with it, an image labels.tsv does not list is
+# not labelled yet instead of an error.
+LABELLING_HEADER = "# labelling: images not listed here are not labelled yet"
+# "#unreadable<TAB>file": an image a person marked unreadable (to any other TSV reader, a comment).
+UNREADABLE_MARK = "#unreadable"
 
 
 def parse_label(file_name: str, spec: CaptchaSpec) -> str:
@@ -108,58 +114,135 @@ def _listed_name(folder: str, written: str) -> Optional[str]:
     return None
 
 
-def read_labels_tsv(folder: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
-    """``(path, label)`` for every line of ``<folder>/labels.tsv``, which must list every image of the folder.
+class LabelsEntry(NamedTuple):
+    """One image's line of ``labels.tsv``: its file name in the folder, its label (None: marked
+    unreadable) and its line number (from 1)."""
 
-    A line is ``file<TAB>label`` (a third column, predict.py's confidence, is ignored). ``file``
-    names an image in the folder; leading folders are dropped, so predict.py's output can be
-    used as it is, also with Windows paths (a backslash separates folders unless the name with
-    it is in the folder). Empty lines and lines starting with ``#`` are comments, so an image
-    whose name starts with ``#`` is listed as ``./#0.png``. A listed or unlisted image that is
-    not a regular file (a broken symbolic link, a folder, ...) is an error.
-    """
+    name: str
+    label: Optional[str]
+    number: int
+
+
+class LabelsFile(NamedTuple):
+    """A parsed ``labels.tsv``: its lines as written (line endings kept, UTF-8 BOM not), whether it
+    started with a BOM, its entries by file name in file order, and whether it holds LABELLING_HEADER."""
+
+    path: str
+    lines: List[str]
+    bom: bool
+    entries: Dict[str, LabelsEntry]
+    partial: bool
+
+
+def listed_as(name: str) -> str:
+    """How a file name of the folder is written in ``labels.tsv``: ``./#0.png`` for ``#0.png`` (a comment else)."""
+    return f"./{name}" if name.startswith("#") else name
+
+
+def parse_labels_text(folder: str, path: str, text: str, spec: CaptchaSpec) -> LabelsFile:
+    """Parse the text of ``path``, the ``labels.tsv`` of ``folder`` (see :func:`read_labels_tsv`); every
+    problem is a ValueError naming ``path`` and the line. Whether every image is listed is not checked."""
+    bom = text.startswith("\ufeff")
+    lines = (text[1:] if bom else text).splitlines(keepends=True)
+    entries: Dict[str, LabelsEntry] = {}
+    partial = False
+    for number, raw in enumerate(lines, 1):
+        line = raw.splitlines()[0]
+        partial = partial or line == LABELLING_HEADER
+        if line.startswith(UNREADABLE_MARK + "\t"):
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{number}: expected {UNREADABLE_MARK}<TAB>file, got {len(fields)} field(s): "
+                                 f"{line[:80]!r}")
+            written, label = fields[1], None
+        elif not line.strip() or line.startswith("#"):
+            continue
+        else:
+            fields = line.split("\t")
+            if len(fields) not in (2, 3):
+                raise ValueError(f"{path}:{number}: expected file<TAB>label, got {len(fields)} field(s): "
+                                 f"{line[:80]!r}")
+            written, label = fields[0], fields[1]
+        name = _listed_name(folder, written)
+        if name is None:
+            raise ValueError(f"{path}:{number}: {written} does not exist in {folder}")
+        first = entries.get(name)
+        if first is not None:
+            if (first.label is None) == (label is None):
+                raise ValueError(f"{path}:{number}: {name} is listed twice (first on line {first.number})")
+            here, there = ("marked unreadable", "labelled") if label is None else ("labelled", "marked unreadable")
+            raise ValueError(f"{path}:{number}: {name} is {here} here and {there} on line {first.number}; "
+                             "keep one of the two lines")
+        problem = regular_file_problem(os.path.join(folder, name))
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
+        if label is not None:
+            spec.check_label(label, source=f"{path}:{number}")
+        entries[name] = LabelsEntry(name, label, number)
+    return LabelsFile(path, lines, bom, entries, partial)
+
+
+def read_labels_file(folder: str, spec: CaptchaSpec) -> LabelsFile:
+    """Read and parse ``<folder>/labels.tsv`` (:func:`parse_labels_text`); ValueError if it is not a
+    regular UTF-8 file or a line is wrong."""
     path = os.path.join(folder, LABELS_FILE)
     problem = regular_file_problem(path, "a file of labels")
     if problem:
         raise ValueError(f"{problem}; move it away to label the images by their file names")
     try:
         with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8-sig")
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
-    samples, seen = [], {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        if len(fields) not in (2, 3):
-            raise ValueError(f"{path}:{number}: expected file<TAB>label, got {len(fields)} field(s): {line[:80]!r}")
-        name = _listed_name(folder, fields[0])
-        if name is None:
-            raise ValueError(f"{path}:{number}: {fields[0]} does not exist in {folder}")
-        if name in seen:
-            raise ValueError(f"{path}:{number}: {name} is listed twice (first on line {seen[name]})")
-        seen[name] = number
-        image = os.path.join(folder, name)
-        problem = regular_file_problem(image)
-        if problem:
-            raise ValueError(f"{path}:{number}: {problem}")
-        samples.append((image, spec.check_label(fields[1], source=f"{path}:{number}")))
-    if not samples:
+    return parse_labels_text(folder, path, text, spec)
+
+
+# The left-out lines already printed: eval.py lists its folder twice, and says so once.
+_REPORTED: Set[str] = set()
+
+
+def read_labels_tsv(folder: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
+    """``(path, label)`` for every labelled image of ``<folder>/labels.tsv``.
+
+    A line is ``file<TAB>label`` (a third column, predict.py's confidence, is ignored). ``file``
+    names an image in the folder; leading folders are dropped, so predict.py's output can be
+    used as it is, also with Windows paths (a backslash separates folders unless the name with
+    it is in the folder). Empty lines and lines starting with ``#`` are comments, so an image
+    whose name starts with ``#`` is listed as ``./#0.png``; but ``#unreadable<TAB>file`` marks an
+    image a person could not read, which is left out. A listed or unlisted image that is not a
+    regular file (a broken symbolic link, a folder, ...) is an error. Every image of the folder
+    must be listed, unless the file holds LABELLING_HEADER (it is being labelled, see
+    src/labelling.py): then the images it does not list are not labelled yet and left out. What
+    is left out is said in one line on stderr.
+    """
+    labels = read_labels_file(folder, spec)
+    path = labels.path
+    if not labels.entries and not labels.partial:
         raise ValueError(f"{path}: lists no images")
-    unlisted = [os.path.basename(p) for p in list_image_files(folder) if os.path.basename(p) not in seen]
-    if unlisted:
+    unlisted = [os.path.basename(p) for p in list_image_files(folder) if os.path.basename(p) not in labels.entries]
+    if unlisted and not labels.partial:
         example = next((n for n in unlisted if n.startswith("#")), unlisted[0])
         hint = (f"; a line starting with '#' is a comment: list it as ./{example}" if example.startswith("#")
                 else "; list every image or move it out")
         raise ValueError(f"{path}: {len(unlisted)} image(s) of the folder are not listed (e.g. {example}){hint}")
+    samples = [(os.path.join(folder, e.name), e.label) for e in labels.entries.values() if e.label is not None]
+    unreadable = len(labels.entries) - len(samples)
+    left_out = " and ".join(part for count, part in ((len(unlisted), f"{len(unlisted)} not labelled yet"),
+                                                     (unreadable, f"{unreadable} marked unreadable")) if count)
+    if not samples:
+        raise ValueError(f"{path}: lists no labelled images ({left_out}); label some first")
+    if left_out:
+        line = f"dataset: {path}: {len(samples)} labelled images; leaving out {left_out}"
+        if line not in _REPORTED:
+            _REPORTED.add(line)
+            print(line, file=sys.stderr, flush=True)
     return samples
 
 
 def list_samples(dataset_path: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
-    """``(path, label)`` of every image of a dataset folder (from ``labels.tsv`` or the file names)."""
+    """``(path, label)`` of every labelled image of a dataset folder (from ``labels.tsv`` or the file names)."""
     if os.path.lexists(os.path.join(dataset_path, LABELS_FILE)):
         return read_labels_tsv(dataset_path, spec)
     return [(path, parse_label(path, spec)) for path in list_image_files(dataset_path)]

@@ -119,11 +119,30 @@ class Config:
         "help": "Gaussian blur of radius up to this many pixels (0 = off)"})
     color_jitter: float = field(default=_STYLE.color_jitter, metadata={
         "help": "brightness and contrast scaled by factors in [1 - this, 1 + this] (0 = off)"})
+    # Serving (serve.py only: the other entry points do not offer these options).
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address serve.py listens on; anything but loopback needs --token"})
+    port: int = field(default=8000, metadata={"help": "TCP port serve.py listens on"})
+    backend: str = field(default="mindspore", metadata={
+        "help": "serve.py's inference: mindspore, or onnxruntime on the model exported to ONNX at start"})
+    max_batch: int = field(default=32, metadata={"help": "serve.py reads at most this many images in one forward pass"})
+    max_wait_ms: float = field(default=5.0, metadata={
+        "help": "serve.py waits at most this long for more images to join a batch"})
+    max_images: int = field(default=64, metadata={"help": "serve.py accepts at most this many images per request"})
+    max_bytes: int = field(default=8 * 1024 * 1024, metadata={"help": "serve.py refuses request bodies over this size (413)"})
+    max_pixels: int = field(default=4_000_000, metadata={
+        "help": "serve.py refuses images of more pixels than this (decompression bombs)"})
+    onnx_cache: str = field(default="~/.cache/warpctc/onnx", metadata={
+        "help": "serve.py --backend onnxruntime keeps its ONNX exports here, by checkpoint SHA-256 and batch size"})
 
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("step", "cosine")
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+BACKENDS = ("mindspore", "onnxruntime")
+# Offered by serve.py alone: add_config_arguments leaves them out unless asked for.
+SERVE_FIELDS = ("host", "port", "backend", "max_batch", "max_wait_ms", "max_images", "max_bytes", "max_pixels",
+                "onnx_cache")
 
 
 def _str2bool(text: str) -> bool:
@@ -153,12 +172,13 @@ def _field_type(f: dataclasses.Field) -> type:
 
 def add_config_arguments(parser: argparse.ArgumentParser,
                          names: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
-    """Add ``--config_path`` and one ``--<name>`` option per :class:`Config` field (or per field of ``names``).
+    """Add ``--config_path`` and one ``--<name>`` option per :class:`Config` field but the serving ones (or per
+    field of ``names``).
 
     A script that uses only some fields (``process_data.py``) offers only those options; its
     ``--config_path`` still accepts a file with every key, so one YAML serves every script.
     """
-    offered = list(CONFIG_FIELDS) if names is None else list(names)
+    offered = [name for name in CONFIG_FIELDS if name not in SERVE_FIELDS] if names is None else list(names)
     # Read back by explicit_overrides: a script's own option that shares a field's name (a
     # benchmark's --train_steps) must not become that field.
     parser.set_defaults(config_fields=offered)
@@ -295,6 +315,15 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
     if cfg.synthetic_images < 0:
         raise ValueError(f"--synthetic_images must be >= 0, got {cfg.synthetic_images}")
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if not 0 < cfg.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {cfg.port}")
+    for name in ("max_batch", "max_images", "max_bytes", "max_pixels"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.max_wait_ms < 0:
+        raise ValueError(f"--max_wait_ms must be >= 0, got {cfg.max_wait_ms}")
     return cfg
 
 

@@ -100,7 +100,7 @@ def test_recipe_options_are_validated():
 
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
-                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml"])
+                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml", "crnn_digits.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -121,6 +121,9 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                          learning_rate=0.0005, lr_schedule="cosine", train_steps=1200, noise_curves=2,
                          char_rotation=30.0, image_rotation=5.0, image_shear=0.25, image_wave=4.0, image_blur=1.2,
                          color_jitter=0.4)),
+    ("crnn_digits.yaml", dict(network="crnn", charset="0123456789", synthetic_images=50000, seed=11, optimizer="adam",
+                              learning_rate=0.001, lr_schedule="cosine", warmup_steps=100, train_steps=11000,
+                              crnn_channels="16,32,64,128", crnn_width_stride=4, crnn_bidirectional=True)),
     ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=250, augment_folder=True,
                         optimizer="adam", learning_rate=0.0015, lr_schedule="cosine", warmup_steps=50,
                         train_steps=900, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,
@@ -132,7 +135,7 @@ def test_shipped_configs_give_their_documented_recipe(name, expected):
     path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
     cfg = parse(["--config_path", path])
     assert {key: getattr(cfg, key) for key in expected} == expected
-    # every recipe keeps the original network, batch and clipping
+    # every recipe keeps the original batch and clipping, and the warpctc ones its hidden size
     assert (cfg.hidden_size, cfg.batch_size, cfg.clip_global_norm) == (512, 64, 10.0)
 
 

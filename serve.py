@@ -1,0 +1,174 @@
+"""Serve captcha reading over HTTP: ``python serve.py --checkpoint_path pretrained/warpctc.ckpt``.
+
+The models are loaded once; ``POST /predict`` reads images sent as multipart fields named
+``image`` or as JSON ``{"images": [base64, ...]}``, batching concurrent requests together. ``GET /``
+is a page to read dropped or pasted captchas; with ``--label_dir FOLDER`` it labels the folder's
+images one by one into ``FOLDER/labels.tsv``. Several models: repeat ``--checkpoint_path NAME=CKPT``
+(the first is the default; ``?model=NAME`` picks another). It binds to 127.0.0.1; another ``--host``
+needs ``--token`` (or ``WARPCTC_SERVE_TOKEN``), checked as ``Authorization: Bearer`` on every API
+request. README, "Serving".
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from src.cli import report_error
+from src.config import SERVE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
+from src.runtime import PLATFORMS
+
+TOKEN_VARIABLE = "WARPCTC_SERVE_TOKEN"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Serve WarpCTC captcha models over HTTP, with a reading and "
+                                                 "labelling page.")
+    parser.add_argument("--checkpoint_path", action="append", required=True, metavar="[NAME=]CKPT",
+                        help="a checkpoint to serve, named NAME (default: the file name without .ckpt); repeat for "
+                             "several models, the first is the default")
+    parser.add_argument("--label_dir", default=None,
+                        help="a folder of images to label on the page, least confident first, into its labels.tsv")
+    parser.add_argument("--token", default=None,
+                        help=f"the bearer token every API request must send (default: ${TOKEN_VARIABLE}); needed "
+                             f"when --host is not loopback")
+    parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
+    parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
+    parser.add_argument("--quiet", action="store_true", help="no start-up lines on stderr")
+    return add_config_arguments(parser, names=SERVE_FIELDS)
+
+
+def parse_models(values: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(name, path)`` of each ``--checkpoint_path [NAME=]CKPT``; ValueError for a duplicate name or missing file."""
+    models: List[Tuple[str, str]] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or os.path.exists(value):
+            name, path = os.path.splitext(os.path.basename(value))[0], value
+        if not name or not path:
+            raise ValueError(f"--checkpoint_path {value!r}: expected CKPT or NAME=CKPT")
+        if any(name == known for known, _ in models):
+            raise ValueError(f"--checkpoint_path {value!r}: a model named {name!r} is already given; name them "
+                             f"NAME=CKPT")
+        if not os.path.isfile(path):
+            raise ValueError(f"--checkpoint_path {path}: no such file")
+        models.append((name, path))
+    return models
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_token(args: argparse.Namespace, host: str) -> Optional[str]:
+    """The token to check, from --token or the environment; ValueError when a non-loopback host has none."""
+    token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None
+    if token is not None and (len(token) < 8 or any(char.isspace() for char in token)):
+        raise ValueError("--token must be at least 8 characters without spaces")
+    if token is None and not is_loopback(host):
+        raise ValueError(f"--host {host} is reachable from other machines: give --token (or ${TOKEN_VARIABLE})")
+    return token
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound before the server starts so a taken port is one line."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+    except OSError as err:
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    return listener
+
+
+def label_readings(store, model) -> Dict[str, Tuple[str, float]]:
+    """The model's reading of every image of the labelling folder still to label, in batches."""
+    import numpy as np
+
+    from src.serving import ImageProblem
+
+    readings: Dict[str, Tuple[str, float]] = {}
+    names, arrays = [], []
+
+    def flush() -> None:
+        for name, result in zip(names, model.read(np.stack(arrays))):
+            readings[name] = result
+        names.clear()
+        arrays.clear()
+
+    for name in store.pending():
+        try:
+            with open(store.image_path(name), "rb") as handle:
+                arrays.append(model.prepare(handle.read(), name, sys.maxsize))
+        except (OSError, ImageProblem) as err:
+            print(f"serve.py: {name}: cannot be read by the model ({err}); shown without a reading",
+                  file=sys.stderr)
+            continue
+        names.append(name)
+        if len(names) == model.sizes[-1]:
+            flush()
+    if names:
+        flush()
+    return readings
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        token = serve_token(args, cfg.host)
+        checkpoints = parse_models(args.checkpoint_path)
+        if args.label_dir is not None and not os.path.isdir(args.label_dir):
+            raise ValueError(f"--label_dir {args.label_dir}: not a folder")
+
+        import uvicorn
+
+        from src.runtime import set_up
+        from src.server import create_app
+        from src.serving import Batcher, ServedModel
+
+        set_up(args.platform, device_id=args.device_id)
+        models = {}
+        for name, path in checkpoints:
+            models[name] = ServedModel(name, path, cfg, args.platform)
+        store = None
+        if args.label_dir is not None:
+            from src.labelling import LabelStore
+
+            default = next(iter(models.values()))
+            store = LabelStore(args.label_dir, default.spec)
+            store.set_readings(label_readings(store, default))
+        listener = bind(cfg.host, cfg.port)
+        batcher = Batcher(cfg.max_batch, cfg.max_wait_ms)
+        app = create_app(models, cfg, batcher, token=token, store=store)
+    except ValueError as err:
+        return report_error("serve.py", err)
+    if not args.quiet:
+        names = ", ".join(f"{name} ({model.backend.name})" for name, model in models.items())
+        print(f"serve.py: {names} at http://{cfg.host}:{cfg.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
+        if store is not None:
+            counts = store.counts()
+            print(f"serve.py: labelling {args.label_dir}: {counts['labelled']} of {counts['total']} labelled",
+                  file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                           access_log=False))
+    try:
+        server.run(sockets=[listener])
+    finally:
+        batcher.close()
+    return 0 if server.started else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""serve.py's HTTP application (FastAPI): reading captchas for programs, and the labelling API of the page.
+
+Every answer is JSON; every refusal is ``{"error": "<one line>"}`` with a 4xx status, after which the
+server goes on serving. Request bodies are read up to ``max_bytes`` and never written to disk.
+The models and the batcher come from ``src/serving.py``, the labelling state from
+``src/labelling.py``; this module only speaks HTTP.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import os
+from typing import Dict, List, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from src.serving import Batcher, ImageProblem, ServedModel
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "index.html")
+# Static descriptions that hold no data: a browser cannot send a bearer token to load them.
+OPEN_PATHS = ("/", "/healthz", "/docs", "/openapi.json")
+LABEL_BODY_LIMIT = 64 * 1024
+_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+                ".bmp": "image/bmp"}
+
+
+class RequestProblem(Exception):
+    """A refused request: answered ``{"error": message}`` with ``status``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int, option: str) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` bytes (announced or streamed)."""
+    announced = request.headers.get("content-length")
+    if announced is not None:
+        if not announced.isdigit():
+            raise RequestProblem(f"Content-Length {announced!r} is not a number")
+        if int(announced) > limit:
+            raise RequestProblem(f"request body of {int(announced):,} bytes is over {option} {limit:,}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestProblem(f"request body is over {option} {limit:,} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_base64(text: object, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise RequestProblem(f"{where} must be a base64 string, got {type(text).__name__}")
+    if text.startswith("data:"):         # a data: URL, as a browser's FileReader gives
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise RequestProblem(f"{where}: a data: URL must be base64 (data:image/png;base64,...)")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestProblem(f"{where} is not valid base64") from None
+
+
+async def _request_images(request: Request, body: bytes, max_images: int) -> List[tuple]:
+    """``(name, bytes)`` of each image of a multipart or JSON request, in order."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    images: List[tuple] = []
+    if kind == "multipart/form-data":
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+        try:
+            form = await Request(request.scope, receive=replay).form(max_files=max_images + 1,
+                                                                       max_fields=max_images + 1)
+        except StarletteHTTPException as err:
+            raise RequestProblem(f"malformed multipart body ({err.detail})") from None
+        for key, value in form.multi_items():
+            if key != "image":
+                raise RequestProblem(f"form field {key!r} is not read; send each image as a file field named image")
+            if isinstance(value, str):
+                raise RequestProblem(f"form field image #{len(images) + 1} is text, not a file")
+            images.append((f"image #{len(images) + 1} ({value.filename or 'no name'})", await value.read()))
+    elif kind == "application/json":
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestProblem(f"malformed JSON body ({err})") from None
+        if not isinstance(data, dict) or set(data) != {"images"} or not isinstance(data["images"], list):
+            raise RequestProblem('the JSON body must be {"images": ["<base64>", ...]}')
+        if len(data["images"]) > max_images:
+            raise RequestProblem(f"{len(data['images'])} images in one request, over --max_images {max_images}")
+        images = [(f"images[{i}]", _decode_base64(text, f"images[{i}]")) for i, text in enumerate(data["images"])]
+    else:
+        raise RequestProblem(f"Content-Type {kind or 'none'!r} is not read; send multipart/form-data with fields "
+                             f"named image, or application/json {{\"images\": [...]}}", 415)
+    if not images:
+        raise RequestProblem("no images in the request")
+    if len(images) > max_images:
+        raise RequestProblem(f"{len(images)} images in one request, over --max_images {max_images}")
+    return images
+
+
+def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Optional[str] = None,
+               store=None) -> FastAPI:
+    """The application over loaded ``models`` (the first is the default), with ``store`` for labelling."""
+    default = next(iter(models))
+    app = FastAPI(title="WarpCTC captcha reader",
+                  description="Read captchas with MindSpore WarpCTC models; label a folder of them.")
+
+    @app.exception_handler(RequestProblem)
+    async def _problem(_, err: RequestProblem):
+        return _error(err.status, err.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException):
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(err.status_code, err.detail)
+        return _error(err.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+                return _error(401, "missing or wrong token: send the header Authorization: Bearer <token>")
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        if not os.path.isfile(PAGE):
+            raise RequestProblem("the page is not installed (src/web/index.html)", 404)
+        return HTMLResponse(open(PAGE, encoding="utf-8").read())
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/models", summary="The loaded models")
+    async def list_models():
+        return {"default": default, "models": [model.info() for model in models.values()]}
+
+    def pick(name: Optional[str]) -> ServedModel:
+        if name is None:
+            return models[default]
+        if name not in models:
+            raise RequestProblem(f"model={name!r} is not loaded; loaded: {', '.join(models)}", 404)
+        return models[name]
+
+    @app.post("/predict", summary="Read captchas",
+              description='Multipart fields named "image" (repeatable), or JSON {"images": ["<base64>", ...]}. '
+                          "Answers one result per image, in order.")
+    async def predict(request: Request, model: Optional[str] = None):
+        served = pick(model)
+        announced = batcher.expect()
+        try:
+            body = await _read_body(request, cfg.max_bytes, "--max_bytes")
+            images = await _request_images(request, body, cfg.max_images)
+
+            def prepare():
+                return [served.prepare(data, name, cfg.max_pixels) for name, data in images]
+            try:
+                arrays = await run_in_threadpool(prepare)
+            except ImageProblem as err:
+                raise RequestProblem(str(err), err.status) from None
+            futures = batcher.submit(served, arrays, announced)
+        finally:
+            announced()
+        results = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+        return {"results": [{"text": text, "confidence": confidence, "model": served.name}
+                            for text, confidence in results]}
+
+    def labelling():
+        if store is None:
+            raise RequestProblem("not labelling: start serve.py with --label_dir FOLDER", 404)
+        return store
+
+    def item_problem(err: ValueError) -> RequestProblem:
+        return RequestProblem(str(err), 404 if "not an image of" in str(err) else 400)
+
+    @app.get("/label/status", summary="Labelling progress")
+    async def label_status():
+        current = labelling()
+        return {**current.counts(), "folder": current.folder}
+
+    @app.get("/label/next", summary="The next image to label (least confident first)")
+    async def label_next():
+        current = labelling()
+        following = current.next()
+        return following if following is not None else {"file": None, "reading": None, "confidence": None,
+                                                        **current.counts()}
+
+    @app.get("/label/item/{file}", summary="One image's label state")
+    async def label_item(file: str):
+        try:
+            return labelling().item(file)
+        except ValueError as err:
+            raise item_problem(err) from None
+
+    @app.get("/label/image/{file}", summary="One image of the folder")
+    async def label_image(file: str):
+        try:
+            path = labelling().image_path(file)
+        except ValueError as err:
+            raise item_problem(err) from None
+        return FileResponse(path, media_type=_MEDIA_TYPES.get(os.path.splitext(path)[1].lower(),
+                                                              "application/octet-stream"))
+
+    @app.post("/label", summary="Save one label",
+              description='{"file": "<name>", "label": "<text>"} or {"file": "<name>", "unreadable": true}')
+    async def save_label(request: Request):
+        current = labelling()
+        body = await _read_body(request, LABEL_BODY_LIMIT, "the label limit of")
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestProblem(f"malformed JSON body ({err})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("file"), str):
+            raise RequestProblem('the JSON body must be {"file": "<name>", "label": "<text>"} or '
+                                 '{"file": "<name>", "unreadable": true}')
+        unknown = set(data) - {"file", "label", "unreadable"}
+        if unknown:
+            raise RequestProblem(f"unknown field(s) {', '.join(sorted(unknown))}; expected file and label or "
+                                 f"unreadable")
+        unreadable = data.get("unreadable", False)
+        label = data.get("label")
+        if not isinstance(unreadable, bool) or (label is not None and not isinstance(label, str)):
+            raise RequestProblem('"label" must be a string and "unreadable" true or false')
+        if (label is None) == (not unreadable):
+            raise RequestProblem('give exactly one of "label" and "unreadable": true')
+        try:
+            return await run_in_threadpool(current.save, data["file"], label, unreadable)
+        except ValueError as err:
+            raise item_problem(err) from None
+
+    return app

@@ -1,0 +1,144 @@
+"""serve.py --label_dir over real HTTP: the labelling API, its refusals, and a kill -9 that loses nothing."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+
+import pytest
+import requests
+
+from src.dataset import list_samples
+from tests.conftest import REPO
+from tests.test_serve import DIGITS, Server
+
+
+@pytest.fixture()
+def folder(data_root, tmp_path):
+    """12 captchas of the shared test split, renamed so that the names carry no label."""
+    target = tmp_path / "mine"
+    target.mkdir()
+    truth = {}
+    for number, path in enumerate(sorted((data_root / "test").iterdir())[:12]):
+        name = f"shot{number:02d}.png"
+        shutil.copy(path, target / name)
+        truth[name] = path.stem.split("-", 1)[1]
+    return target, truth
+
+
+def saved(target) -> dict:
+    """labels.tsv as train.py reads it: file name -> label."""
+    from src.captcha_spec import CaptchaSpec
+
+    return {os.path.basename(path): label for path, label in list_samples(str(target), CaptchaSpec())}
+
+
+def test_labelling_api_least_confident_first_and_refusals(folder):
+    target, truth = folder
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        status = srv.get("/label/status").json()
+        assert (status["labelled"], status["unreadable"], status["total"]) == (0, 0, 12)
+        first = srv.get("/label/next").json()
+        confidences = []
+        for name in truth:
+            item = srv.get(f"/label/item/{name}").json()
+            assert item["label"] is None and not item["unreadable"] and item["reading"] is not None
+            confidences.append(item["confidence"])
+        assert first["confidence"] == min(confidences)
+        image = srv.get(f"/label/image/{first['file']}")
+        assert image.headers["content-type"] == "image/png"
+        assert image.content == (target / first["file"]).read_bytes()
+
+        for body, status_code, words in [
+            ({"file": first["file"], "label": "12A"}, 400, "'A'"),
+            ({"file": first["file"], "label": "12345"}, 400, "12345"),
+            ({"file": first["file"], "label": ""}, 400, ""),
+            ({"file": "../" + first["file"], "label": "12"}, 404, "not an image of"),
+            ({"file": "nothere.png", "label": "12"}, 404, "not an image of"),
+            ({"file": first["file"]}, 400, 'exactly one of "label"'),
+            ({"file": first["file"], "label": "12", "colour": 1}, 400, "colour"),
+        ]:
+            answer = srv.post("/label", json=body)
+            assert answer.status_code == status_code and words in answer.json()["error"], (body, answer.text)
+        assert not (target / "labels.tsv").exists(), "a refused label was written"
+        assert srv.get("/label/image/..%2Fsecret.png").status_code == 404
+
+        answer = srv.post("/label", json={"file": first["file"], "label": truth[first["file"]]}).json()
+        assert answer == {"saved": True, "labelled": 1, "unreadable": 0, "total": 12}
+        assert saved(target) == {first["file"]: truth[first["file"]]}
+        second = srv.get("/label/next").json()
+        assert second["file"] != first["file"] and second["confidence"] >= first["confidence"]
+        assert srv.post("/label", json={"file": second["file"], "unreadable": True}).json()["unreadable"] == 1
+        assert srv.get(f"/label/item/{second['file']}").json()["unreadable"] is True
+        assert "#unreadable\t" + second["file"] in (target / "labels.tsv").read_text()
+    finally:
+        srv.stop()
+
+
+def test_kill_9_during_labelling_loses_no_accepted_label_and_reopening_continues(folder):
+    target, truth = folder
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    accepted = []
+    stop = threading.Event()
+
+    def label_until_stopped():
+        while not stop.is_set():
+            following = requests.get(srv.url + "/label/next", timeout=30).json()
+            if following["file"] is None:
+                return
+            name = following["file"]
+            try:
+                answer = requests.post(srv.url + "/label", json={"file": name, "label": truth[name]}, timeout=30)
+            except requests.ConnectionError:
+                return          # killed mid-request: not accepted
+            if answer.status_code == 200:
+                accepted.append(name)
+
+    worker = threading.Thread(target=label_until_stopped)
+    worker.start()
+    try:
+        while len(accepted) < 5 and worker.is_alive():
+            threading.Event().wait(0.01)
+        srv.proc.send_signal(signal.SIGKILL)
+        stop.set()
+        worker.join(timeout=60)
+    finally:
+        srv.stop()
+    on_disk = saved(target)
+    assert len(accepted) >= 5
+    assert all(on_disk.get(name) == truth[name] for name in accepted), (accepted, on_disk)
+    assert set(on_disk) <= set(truth) and all(on_disk[n] == truth[n] for n in on_disk)
+
+    again = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        status = again.get("/label/status").json()
+        assert status["labelled"] == len(on_disk)
+        following = again.get("/label/next").json()
+        assert following["file"] not in on_disk
+        for name in on_disk:
+            assert again.get(f"/label/item/{name}").json()["label"] == truth[name]
+    finally:
+        again.stop()
+
+
+def test_a_partly_labelled_folder_trains(folder, tmp_path):
+    """What the page leaves behind is a training set: train.py uses the labelled images and says what it left out."""
+    from tests.conftest import TINY, run_py
+
+    target, truth = folder
+    names = sorted(truth)
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        for name in names[:8]:
+            assert srv.post("/label", json={"file": name, "label": truth[name]}).status_code == 200
+        assert srv.post("/label", json={"file": names[8], "unreadable": True}).status_code == 200
+    finally:
+        srv.stop()
+    proc = run_py([os.path.join(REPO, "train.py"), "--dataset_path", target, *TINY, "--batch_size", "4",
+                   "--epoch_size", "1", "--save_checkpoint_path", tmp_path / "ckpt"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "8 labelled images" in output and "3 not labelled yet" in output and "1 marked unreadable" in output
+    assert "2 steps/epoch" in output

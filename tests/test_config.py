@@ -122,7 +122,7 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                          char_rotation=30.0, image_rotation=5.0, image_shear=0.25, image_wave=4.0, image_blur=1.2,
                          color_jitter=0.4)),
     ("crnn_digits.yaml", dict(network="crnn", charset="0123456789", synthetic_images=50000, seed=11, optimizer="adam",
-                              learning_rate=0.001, lr_schedule="cosine", warmup_steps=100, train_steps=11000,
+                              learning_rate=0.001, lr_schedule="cosine", warmup_steps=100, train_steps=5000,
                               crnn_channels="16,32,64,128", crnn_width_stride=4, crnn_bidirectional=True)),
     ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=250, augment_folder=True,
                         optimizer="adam", learning_rate=0.0015, lr_schedule="cosine", warmup_steps=50,

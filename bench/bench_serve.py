@@ -1,0 +1,157 @@
+"""serve.py under load against eval.py's batch throughput, on this machine, in one run.
+
+For each backend it starts ``serve.py`` on a free loopback port and sends one-image requests
+(multipart, a rendered captcha each) from ``C`` concurrent clients for each concurrency level,
+then reports requests/s and the p50/p99 latency. In the same run it measures what serving is
+compared with: eval.py's images/s on the same number of images (a separate process, as a user runs
+it), and one batch-1 forward pass of the same backend (median of 30). Targets (issue 25): at
+concurrency 32, >= 80 % of eval.py's images/s; a lone request's p50 <= 2x the batch-1 forward.
+
+    python bench/bench_serve.py [--checkpoint_path pretrained/warpctc.ckpt] [--backends mindspore,onnxruntime]
+        [--concurrency 1,8,32] [--requests 400] [--images 2000]
+
+The clients run in this process, on the same 2 cores as the server: their CPU time is part of
+what is measured, as it would be for a scraper on the same box.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path[:0] = [REPO, BENCH]
+from bench_networks import cpu_model, eval_throughput  # noqa: E402
+from src.config import Config  # noqa: E402
+
+
+def start_server(checkpoint: str, backend: str, cache: str):
+    import socket
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "serve.py"), "--checkpoint_path", checkpoint,
+                             "--backend", backend, "--onnx_cache", cache, "--port", str(port), "--quiet"],
+                            env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve.py exited: {proc.stderr.read()[-500:]}")
+        try:
+            requests.get(url + "/healthz", timeout=1)
+            return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("serve.py did not start")
+
+
+def load(url: str, images, concurrency: int, count: int) -> dict:
+    """``count`` one-image requests from ``concurrency`` clients: requests/s, p50 and p99 in ms."""
+    import requests
+
+    per_client = max(1, count // concurrency)
+
+    def client(number: int):
+        session = requests.Session()
+        latencies = []
+        for i in range(per_client):
+            data = images[(number * per_client + i) % len(images)]
+            start = time.perf_counter()
+            answer = session.post(url + "/predict", files={"image": ("c.png", data, "image/png")}, timeout=120)
+            latencies.append(time.perf_counter() - start)
+            if answer.status_code != 200:
+                raise RuntimeError(answer.text)
+        return latencies
+
+    for number in range(min(concurrency, 4)):        # warm connections and the batch sizes
+        client(number)
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        latencies = [x for result in pool.map(client, range(concurrency)) for x in result]
+    elapsed = time.perf_counter() - start
+    return {"concurrency": concurrency, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
+            "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99))}
+
+
+def batch1_forward_ms(checkpoint: str, backend: str, cache: str) -> float:
+    """The median batch-1 forward pass of the backend serve.py runs (subprocess: a clean MindSpore)."""
+    code = f"""
+import sys, time, numpy as np
+sys.path.insert(0, {REPO!r})
+from src.config import Config
+from src.runtime import set_up
+from src.serving import ServedModel
+set_up("CPU")
+model = ServedModel("m", {checkpoint!r}, Config(backend={backend!r}, onnx_cache={cache!r}))
+x = np.zeros((1, 3, model.spec.input_height, model.spec.width), np.float32)
+times = []
+for _ in range(35):
+    start = time.perf_counter(); model.backend(x); times.append(time.perf_counter() - start)
+print(1000 * float(np.median(times[5:])))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint_path", default=os.path.join(REPO, "pretrained", "warpctc.ckpt"))
+    parser.add_argument("--backends", default="mindspore,onnxruntime")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level (default 400)")
+    parser.add_argument("--images", type=int, default=2000, help="captchas for eval.py (default 2000)")
+    parser.add_argument("--out", default=None, help="append the JSON row here")
+    args = parser.parse_args(argv)
+    import process_data
+    from src.checkpoint import read_checkpoint, resolve_model
+
+    cfg = Config()
+    _, spec = resolve_model(args.checkpoint_path, read_checkpoint(args.checkpoint_path), cfg)
+    row = {"cpu": cpu_model(), "cores": os.cpu_count(), "checkpoint": os.path.basename(args.checkpoint_path),
+           "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "backends": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = os.path.join(scratch, "serve")
+        process_data.render_split(folder, 64, spec=spec, seed=9, split="test", workers=1, progress=False)
+        images = [open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+                  if name.endswith(".png")]
+        row["eval_images_per_s"] = eval_throughput(cfg, spec, args.checkpoint_path, scratch, args.images)
+        print(f"{row['cpu']}, {row['cores']} cores; eval.py: {row['eval_images_per_s']:.0f} images/s", flush=True)
+        for backend in args.backends.split(","):
+            cache = os.path.join(scratch, "onnx")
+            proc, url = start_server(args.checkpoint_path, backend, cache)
+            try:
+                levels = [load(url, images, int(c), args.requests) for c in args.concurrency.split(",")]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+            forward = batch1_forward_ms(args.checkpoint_path, backend, cache)
+            row["backends"][backend] = {"batch1_forward_ms": forward, "levels": levels}
+            for level in levels:
+                share = level["requests_per_s"] / row["eval_images_per_s"]
+                print(f"{backend:12s} concurrency {level['concurrency']:3d}: {level['requests_per_s']:7.1f} req/s "
+                      f"({share:5.0%} of eval.py), p50 {level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms",
+                      flush=True)
+            lone = levels[0]["p50_ms"] / forward if levels[0]["concurrency"] == 1 else float("nan")
+            print(f"{backend:12s} batch-1 forward {forward:.1f} ms; a lone request's p50 is {lone:.2f}x it", flush=True)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

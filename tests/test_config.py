@@ -100,7 +100,7 @@ def test_recipe_options_are_validated():
 
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
-                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml", "crnn_digits.yaml"])
+                  "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml", "crnn_digits.yaml", "crnn_alnum.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -124,6 +124,9 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
     ("crnn_digits.yaml", dict(network="crnn", charset="0123456789", synthetic_images=50000, seed=11, optimizer="adam",
                               learning_rate=0.001, lr_schedule="cosine", warmup_steps=100, train_steps=5000,
                               crnn_channels="16,32,64,128", crnn_width_stride=4, crnn_bidirectional=True)),
+    ("crnn_alnum.yaml", dict(network="crnn", charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", synthetic_images=50000,
+                             seed=11, optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
+                             train_steps=8000)),
     ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=250, augment_folder=True,
                         optimizer="adam", learning_rate=0.0015, lr_schedule="cosine", warmup_steps=50,
                         train_steps=900, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,

@@ -5,11 +5,17 @@ A style here is not a mix of the generator's options: it differs in how text is 
 spoiled, so a model that reads it has generalised rather than memorised a covered style.
 
 - ``ink``: DejaVu Serif glyphs (regular, bold, italic, bold italic: the ``dejavu-serif`` faces
-  that the matplotlib package ships; the robust base trains on sans fonts only), each rotated and overlapping its neighbour, dark ink on a cream paper background
-  with fibres, a thick wavy stroke through the text, then smoothed.
+  that the matplotlib package ships; the robust base trains on sans fonts only), each rotated
+  and overlapping its neighbour, dark ink on a cream paper background with fibres, a thick
+  wavy stroke through the text, then smoothed.
 - ``stamp``: Pillow's built-in font at varying sizes, each character its own colour, on a
   two-colour gradient with a hatch of thin lines behind and in front of the text, a
   perspective squeeze, salt-and-pepper noise, saved as low-quality JPEG.
+- ``outline``: hollow glyphs (only their outline, 1-2 pixels wide) of Computer Modern Sans and
+  Typewriter (the TeX faces matplotlib ships, which no configuration trains on), each its own
+  size, spaced from overlapping by a quarter glyph to a third of one apart, drawn at 4x the size
+  and shrunk by dropping pixels (jagged, broken strokes), on a tilted checkerboard of two close
+  colours under smooth grain, the whole image then bent by an elastic mesh warp.
 
 Each split is a folder of ``<name>.png|jpg`` images plus ``labels.tsv`` (the dataset format
 of README "Your own captchas"), a pure function of (style, seed, split, count)::
@@ -37,7 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
-from src.render import package_font_files, sample_label  # noqa: E402
+from src.render import package_font_files, sample_label, undrawable_characters  # noqa: E402
 
 SPLIT_RE = re.compile(r"^(?P<name>[a-z]+)(?P<count>\d+)$")
 
@@ -139,9 +145,118 @@ def draw_stamp(label: str, rng: random.Random, width: int, height: int) -> Image
     return Image.fromarray(pixels)
 
 
+# Computer Modern Sans and Typewriter: the TeX faces matplotlib ships, which no configuration trains on.
+OUTLINE_FONTS = ("cmss10.ttf", "cmtt10.ttf")
+# The outline style draws at this many times the captcha's size, then shrinks without smoothing.
+OUTLINE_SCALE = 4
+
+
+def _outline_fonts() -> List[str]:
+    try:
+        folder = os.path.dirname(package_font_files("dejavu-sans")[0])      # matplotlib's font folder
+    except ValueError as err:
+        raise ValueError(f"style outline: {err}") from None
+    paths = [os.path.join(folder, name) for name in OUTLINE_FONTS]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"style outline: {path} is missing from the matplotlib package "
+                             "(reinstall it: pip install -r requirements.txt)")
+    return paths
+
+
+def _check_alphabet(style: str, spec: CaptchaSpec) -> None:
+    """ValueError naming the characters of the spec's alphabet that ``style``'s own fonts cannot draw."""
+    if style != "outline":
+        return
+    fonts = [ImageFont.truetype(path, 40) for path in _outline_fonts()]
+    missing = undrawable_characters(spec.charset, fonts)
+    if missing:
+        raise ValueError(f"--charset: style outline's fonts ({', '.join(OUTLINE_FONTS)}) do not draw "
+                         f"{''.join(missing)!r}")
+
+
+def _hollow_glyph(char: str, font: ImageFont.FreeTypeFont, color: Tuple[int, ...], stroke: int) -> Image.Image:
+    """One character as an RGBA tile: only its outline, ``stroke`` pixels wide, its inside transparent."""
+    left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
+    tile = Image.new("RGBA", (right - left + 2, bottom - top + 2), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(tile)
+    draw.text((1 - left, 1 - top), char, font=font, fill=color, stroke_width=stroke, stroke_fill=color)
+    # Drawing the bare glyph again with a transparent ink clears its inside (Draw writes, not blends).
+    draw.text((1 - left, 1 - top), char, font=font, fill=(0, 0, 0, 0))
+    return tile
+
+
+def _mesh_warp(image: Image.Image, rng: random.Random, amplitude: float, fill: Tuple[int, ...]) -> Image.Image:
+    """An elastic warp: a grid of cells whose corners move along smooth random waves, each cell
+    mapped from its moved quadrilateral."""
+    width, height = image.size
+    columns, rows = 10, 4
+    waves = [(rng.uniform(0.5, 1.5), rng.uniform(0.5, 1.5), rng.uniform(0, 2 * math.pi)) for _ in range(4)]
+
+    def moved(x: float, y: float) -> Tuple[float, float]:
+        u, v = x / width * 2 * math.pi, y / height * 2 * math.pi
+        dx = sum(math.sin(fu * u + fv * v + phase) for fu, fv, phase in waves[:2]) / 2
+        dy = sum(math.sin(fu * u + fv * v + phase) for fu, fv, phase in waves[2:]) / 2
+        return x + amplitude * dx, y + amplitude * dy
+
+    mesh = []
+    for row in range(rows):
+        for column in range(columns):
+            x0, x1 = width * column // columns, width * (column + 1) // columns
+            y0, y1 = height * row // rows, height * (row + 1) // rows
+            corners = (moved(x0, y0), moved(x0, y1), moved(x1, y1), moved(x1, y0))   # NW, SW, SE, NE
+            mesh.append(((x0, y0, x1, y1), [v for corner in corners for v in corner]))
+    return image.transform(image.size, Image.Transform.MESH, mesh, resample=Image.Resampling.BILINEAR,
+                           fillcolor=fill)
+
+
+def draw_outline(label: str, rng: random.Random, width: int, height: int) -> Image.Image:
+    """The ``outline`` style (see the module docstring)."""
+    scale = OUTLINE_SCALE
+    big_w, big_h = width * scale, height * scale
+    # A checkerboard of two close colours, its cells tilted, under smooth photo-like grain.
+    light = np.array([rng.randint(170, 245) for _ in range(3)], dtype=np.float64)
+    other = np.clip(light + [rng.randint(-45, 45) for _ in range(3)], 120, 255)
+    cell, tilt = rng.uniform(5, 12), rng.uniform(-0.6, 0.6)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    checks = ((np.floor((xs + tilt * ys) / cell) + np.floor((ys - tilt * xs) / cell)) % 2)[:, :, None]
+    pixels = light * (1 - checks) + other * checks
+    grain = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(6, 16), (height // 4 + 1, width // 4 + 1))
+    grain = np.asarray(Image.fromarray(grain.astype(np.float32), "F").resize((width, height), Image.Resampling.BICUBIC))
+    pixels = np.clip(pixels + grain[:, :, None], 0, 255).astype(np.uint8)
+    background = Image.fromarray(pixels, "RGB")
+
+    fonts = _outline_fonts()
+    ink = tuple(rng.randint(0, 90) for _ in range(3)) + (255,)
+    tiles = []
+    for char in label:
+        font = ImageFont.truetype(rng.choice(fonts), int(rng.uniform(0.55, 0.8) * big_h))
+        tiles.append(_hollow_glyph(char, font, ink, int(rng.uniform(1.25, 2.0) * scale)))    # 1-2 px shrunk
+    # Spacing from overlapping by a quarter of a glyph to a third of one apart.
+    gaps = [int(rng.uniform(-0.25, 0.33) * t.width) for t in tiles[1:]]
+    total = sum(t.width for t in tiles) + sum(gaps)
+    fit = min(1.0, (big_w - 4 * scale) / max(total, 1), (big_h - 2 * scale) / max(t.height for t in tiles))
+    if fit < 1.0:
+        tiles = [t.resize((max(1, int(t.width * fit)), max(1, int(t.height * fit))), Image.Resampling.NEAREST)
+                 for t in tiles]
+        gaps = [int(g * fit) for g in gaps]
+        total = sum(t.width for t in tiles) + sum(gaps)
+    text = Image.new("RGBA", (big_w, big_h), (0, 0, 0, 0))
+    x = (big_w - total) // 2 + rng.randint(-2, 2) * scale
+    for i, tile in enumerate(tiles):
+        y = (big_h - tile.height) // 2 + rng.randint(-3, 3) * scale
+        text.alpha_composite(tile, (min(max(x, 0), big_w - tile.width), min(max(y, 0), big_h - tile.height)))
+        x += tile.width + (gaps[i] if i < len(gaps) else 0)
+    # Shrunk by picking pixels, not averaging them: jagged, broken outlines.
+    text = text.resize((width, height), Image.Resampling.NEAREST)
+    image = Image.alpha_composite(background.convert("RGBA"), text).convert("RGB")
+    return _mesh_warp(image, rng, rng.uniform(1.5, 3.5), tuple(int(v) for v in light))
+
+
 STYLES: Dict[str, Tuple[Callable[[str, random.Random, int, int], Image.Image], str]] = {
     "ink": (draw_ink, ".png"),
     "stamp": (draw_stamp, ".jpg"),
+    "outline": (draw_outline, ".png"),
 }
 
 
@@ -150,6 +265,7 @@ def render_heldout(folder: str, style: str, spec: CaptchaSpec, count: int, seed:
     draw, extension = STYLES[style]
     if os.path.isdir(folder) and os.listdir(folder):
         raise ValueError(f"{folder}: exists and is not empty; give a new folder")
+    _check_alphabet(style, spec)
     os.makedirs(folder, exist_ok=True)
     lines = []
     for index in range(count):

@@ -399,19 +399,25 @@ class Renderer:
         self.spec = spec
         self.style = style
         self.font_files, _ = resolve_fonts(style, spec.charset)
-        self._local = threading.local()
+        self._generators: dict = {}
 
     def __getstate__(self):
-        return {name: value for name, value in self.__dict__.items() if name != "_local"}
+        return {name: value for name, value in self.__dict__.items() if name != "_generators"}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _local=threading.local())
+        self.__dict__.update(state, _generators={})
 
     @property
     def generator(self):
         """The ``ImageCaptcha`` of this spec and style, built on first use in each thread (FreeType
-        font objects are not to be shared by threads drawing at the same time)."""
-        if getattr(self._local, "generator", None) is None:
+        font objects are not to be shared by threads drawing at the same time).
+
+        Kept by OS thread id, not in a ``threading.local``: MindSpore's pipeline threads call in
+        with a new Python thread state each time, which would rebuild the fonts for every captcha.
+        """
+        ident = threading.get_ident()
+        generator = self._generators.get(ident)
+        if generator is None:
             from captcha.image import ImageCaptcha
 
             generator = ImageCaptcha(width=self.spec.width, height=self.spec.height, fonts=self.font_files,
@@ -425,8 +431,8 @@ class Renderer:
                 scale = self.style.char_warp
                 generator.character_warp_dx = tuple(v * scale for v in generator.character_warp_dx)
                 generator.character_warp_dy = tuple(v * scale for v in generator.character_warp_dy)
-            self._local.generator = generator
-        return self._local.generator
+            self._generators[ident] = generator
+        return generator
 
     def render(self, label: str, image_seed: str) -> Image.Image:
         """The RGB captcha of ``label``, every random choice drawn from ``random.Random(image_seed)``."""

@@ -21,9 +21,6 @@ from src.config import add_config_arguments, config_from_args, explicit_override
 from src.runtime import PLATFORMS
 
 
-# What would split a path over several fields or lines of the TSV: the tab and every line break
-# str.splitlines knows (read_labels_tsv splits on them).
-_TSV_BREAKS = "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 class Prediction(NamedTuple):
@@ -53,7 +50,7 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
     Each path must fit one line of the TSV output: one with a tab or a line break, or that is
     not UTF-8, is a ValueError naming it.
     """
-    from src.dataset import list_image_files, regular_file_problem
+    from src.dataset import check_tsv_name, list_image_files, regular_file_problem
 
     paths: List[str] = []
     for item in inputs:
@@ -64,14 +61,7 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
         else:
             raise ValueError(regular_file_problem(item) if os.path.lexists(item) else f"{item}: no such file or folder")
     for path in paths:
-        if any(char in _TSV_BREAKS for char in path):
-            raise ValueError(f"{path!r}: a tab or line break in the path would split its line of the output; "
-                             f"rename it")
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path!r}: the name is not UTF-8, so its line of the output could not be read "
-                             f"back as labels.tsv; rename it") from None
+        check_tsv_name(path)
     return paths
 
 

@@ -55,6 +55,18 @@ def parse_label(file_name: str, spec: CaptchaSpec) -> str:
     return spec.check_label(stem.split("-", 1)[1], source=file_name)
 
 
+def check_tsv_name(path: str) -> None:
+    """ValueError naming ``path`` when its name cannot stand in a ``labels.tsv`` line: a tab or a line
+    break (any that ``str.splitlines`` knows) would split the line, and the file is UTF-8."""
+    if "\t" in path or len((path + ".").splitlines()) != 1:
+        raise ValueError(f"{path!r}: a tab or line break in the name cannot be written to a {LABELS_FILE} line; "
+                         f"rename it")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path!r}: the name is not UTF-8, so no {LABELS_FILE} line can hold it; rename it") from None
+
+
 def regular_file_problem(path: str, what: str = "an image file") -> Optional[str]:
     """Why ``path`` is not a regular file (None if it is), found without opening it: opening a FIFO blocks.
 

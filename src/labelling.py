@@ -17,8 +17,8 @@ import threading
 from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from src.captcha_spec import CaptchaSpec
-from src.dataset import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsFile, list_image_files, listed_as,
-                         parse_labels_text, read_labels_file)
+from src.dataset import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsFile, check_tsv_name,
+                         list_image_files, listed_as, parse_labels_text, read_labels_file)
 
 
 def _line_end(line: str) -> str:
@@ -44,14 +44,7 @@ class LabelStore:
         self._lock = threading.Lock()
         self._images = [os.path.basename(p) for p in list_image_files(folder)]
         for name in self._images:
-            if "\t" in name or len((name + ".").splitlines()) != 1:
-                raise ValueError(f"{os.path.join(folder, name)!r}: a tab or line break in the name cannot be "
-                                 f"written to {LABELS_FILE}; rename it")
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"{os.path.join(folder, name)!r}: the name is not UTF-8, so {LABELS_FILE} "
-                                 "cannot list it; rename it") from None
+            check_tsv_name(os.path.join(folder, name))
         self._image_set = set(self._images)
         self._readings: Dict[str, Tuple[str, float]] = {}
         self._order = list(self._images)

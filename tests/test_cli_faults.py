@@ -39,8 +39,8 @@ def test_predict_refuses_a_name_that_would_break_its_tsv_before_the_model_loads(
     for name in BREAKING_NAMES:
         with pytest.raises(ValueError) as err:
             predict.collect_images([str(folder / name)])
-        assert str(err.value) == (f"{str(folder / name)!r}: a tab or line break in the path would split its line "
-                                  "of the output; rename it")
+        assert str(err.value) == (f"{str(folder / name)!r}: a tab or line break in the name cannot be written to "
+                                  "a labels.tsv line; rename it")
     with pytest.raises(ValueError, match="the name is not UTF-8") as err:
         predict.collect_images([os.path.join(folder, undecodable)])
     assert str(err.value).startswith(repr(os.path.join(str(folder), undecodable)))
@@ -48,7 +48,7 @@ def test_predict_refuses_a_name_that_would_break_its_tsv_before_the_model_loads(
     proc = run_py([PREDICT, "--checkpoint_path", tmp_path / "none.ckpt", folder])
     assert proc.returncode == 2 and proc.stdout == ""
     assert last_error_line(proc) == (f"predict.py: error: {str(folder / BREAKING_NAMES[0])!r}: a tab or line break "
-                                     "in the path would split its line of the output; rename it")
+                                     "in the name cannot be written to a labels.tsv line; rename it")
     assert "Traceback" not in proc.stderr
     assert snapshot(folder) == before
 

@@ -192,7 +192,7 @@ def test_a_damaged_labels_file_or_odd_folder_is_refused_in_one_line(folder, tmp_
     with pytest.raises(ValueError, match="dataset folder .*: is not a folder"):
         LabelStore(str(path / names[0]), DIGITS)
     shutil.copy(path / names[0], tmp_path / "empty" / "a\nb.png")
-    with pytest.raises(ValueError, match="a tab or line break in the name cannot be written to labels.tsv"):
+    with pytest.raises(ValueError, match="a tab or line break in the name cannot be written to a labels.tsv line"):
         LabelStore(str(tmp_path / "empty"), DIGITS)
 
 

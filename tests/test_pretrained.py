@@ -123,17 +123,21 @@ def test_robust_base_reads_the_original_style_and_a_style_kept_out_of_its_traini
     assert reads[ROBUST] >= ROBUST_INK_FLOOR, reads
 
 
-def test_crnn_digits_release_reads_fresh_captchas_better_than_the_original(tmp_path):
-    # The same pinned fresh subset as the original's test above; the file says it is a crnn.
-    count = 1000
-    process_data.render_split(str(tmp_path / "fresh"), count, seed=20261125, split="fresh", workers=2,
-                              progress=False)
-    labels = {name: parse_label(name, CaptchaSpec()) for name in os.listdir(tmp_path / "fresh") if name.endswith(".png")}
+def _fresh_accuracies(folder, spec, seed, checkpoints, count=1000):
+    """Each checkpoint's exact accuracy, through predict.py, on ``count`` fresh captchas of ``seed``."""
+    process_data.render_split(str(folder), count, spec=spec, seed=seed, split="fresh", workers=2, progress=False)
+    labels = {name: parse_label(name, spec) for name in os.listdir(folder) if name.endswith(".png")}
     accuracy = {}
-    for path in (CRNN_DIGITS, CKPT):
-        proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", path, tmp_path / "fresh", "--quiet"])
+    for path in checkpoints:
+        proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", path, folder, "--quiet"])
         assert proc.returncode == 0, proc.stderr[-2000:]
         accuracy[path] = _accuracy_of_reads(proc.stdout, labels)
+    return accuracy
+
+
+def test_crnn_digits_release_reads_fresh_captchas_better_than_the_original(tmp_path):
+    # The same pinned fresh subset as the original's test above; the file says it is a crnn.
+    accuracy = _fresh_accuracies(tmp_path / "fresh", CaptchaSpec(), 20261125, (CRNN_DIGITS, CKPT))
     # >= 99.6 % on 10,000 fresh captchas is the release's bar; 0.99 is 3 standard errors below it on 1,000
     assert accuracy[CRNN_DIGITS] >= 0.99, accuracy
     assert accuracy[CRNN_DIGITS] >= accuracy[CKPT], accuracy
@@ -145,16 +149,8 @@ def test_crnn_digits_release_reads_fresh_captchas_better_than_the_original(tmp_p
 
 def test_crnn_alphanumeric_release_reads_fresh_captchas_better_than_the_original_network(tmp_path):
     # The same pinned fresh subset as the warpctc alphanumeric release's test above.
-    count = 1000
     spec = CaptchaSpec(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    process_data.render_split(str(tmp_path / "fresh"), count, spec=spec, seed=20261127, split="fresh", workers=2,
-                              progress=False)
-    labels = {name: parse_label(name, spec) for name in os.listdir(tmp_path / "fresh") if name.endswith(".png")}
-    accuracy = {}
-    for path in (CRNN_ALNUM, ALNUM):
-        proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", path, tmp_path / "fresh", "--quiet"])
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        accuracy[path] = _accuracy_of_reads(proc.stdout, labels)
+    accuracy = _fresh_accuracies(tmp_path / "fresh", spec, 20261127, (CRNN_ALNUM, ALNUM))
     # 99.19 % on 10,000 fresh captchas (README); 0.975 is about 6 standard errors below, on 1,000
     assert accuracy[CRNN_ALNUM] >= 0.975, accuracy
     assert accuracy[CRNN_ALNUM] > accuracy[ALNUM], accuracy

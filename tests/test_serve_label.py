@@ -85,11 +85,11 @@ def test_kill_9_during_labelling_loses_no_accepted_label_and_reopening_continues
 
     def label_until_stopped():
         while not stop.is_set():
-            following = requests.get(srv.url + "/label/next", timeout=30).json()
-            if following["file"] is None:
-                return
-            name = following["file"]
             try:
+                following = requests.get(srv.url + "/label/next", timeout=30).json()
+                if following["file"] is None:
+                    return
+                name = following["file"]
                 answer = requests.post(srv.url + "/label", json={"file": name, "label": truth[name]}, timeout=30)
             except requests.ConnectionError:
                 return          # killed mid-request: not accepted

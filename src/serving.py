@@ -108,7 +108,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, net, spec, sha256: str, sizes: Sequence[int], cache_dir: str, threads: int = 0):
+    def __init__(self, net, spec, sha256: str, sizes: Sequence[int], cache_dir: str):
         import onnxruntime as ort
 
         folder = os.path.expanduser(cache_dir)
@@ -116,15 +116,12 @@ class OnnxRuntimeBackend(Backend):
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
             raise ValueError(f"--onnx_cache {cache_dir}: cannot be made ({err.strerror})") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         self.sessions = {}
         for size in sizes:
             path = os.path.join(folder, f"{sha256}-b{size}.onnx")
             if not os.path.isfile(path):
                 self._export(net, spec, size, path)
-            session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             self.sessions[size] = (session, session.get_inputs()[0].name)
 
     @staticmethod
@@ -219,8 +216,6 @@ class Batcher:
         self._held: List[_Job] = []            # taken from the queue for another model's batch
         self._expected = 0
         self._lock = threading.Lock()
-        self.batches = 0
-        self.images = 0
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self._thread.start()
 
@@ -292,7 +287,5 @@ class Batcher:
             for job in batch:
                 job.future.set_exception(err)
             return
-        self.batches += 1
-        self.images += len(batch)
         for job, result in zip(batch, results):
             job.future.set_result(result)

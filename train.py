@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from src.cli import report_error, stdout_error
 from src.captcha_spec import CaptchaSpec
-from src.config import Config, add_config_arguments, config_from_args
+from src.config import Config, add_config_arguments, config_from_args, explicit_overrides, validate
 from src.runtime import PLATFORMS, RunInfo, set_up
 
 
@@ -332,6 +332,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.init_checkpoint and args.resume_checkpoint:
             raise ValueError("--init_checkpoint starts a new training and --resume_checkpoint continues one: "
                              "give only one of them")
+        if args.init_checkpoint:
+            from src.checkpoint import finetune_config
+
+            cfg = validate(finetune_config(args.init_checkpoint, cfg, explicit_overrides(args)))
         if args.dataset_path is None and cfg.augment_folder:
             raise ValueError("--augment_folder true augments the images of --dataset_path: give a folder")
         if args.dataset_path is None and not cfg.synthetic_images:

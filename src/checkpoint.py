@@ -467,6 +467,23 @@ def load_network(path: str, cfg, platform: str = "CPU", given: Iterable[str] = (
     return net, spec
 
 
+def finetune_config(path: str, cfg, given: Iterable[str]):
+    """``cfg`` with the network of ``path`` (``--init_checkpoint``): its family and hyper-parameters
+    replace those the user did not set (``given``), so that starting from a checkpoint needs no
+    network options; one set explicitly is kept, and :func:`load_for_finetune` names a mismatch."""
+    import dataclasses
+
+    params = read_checkpoint(path, names=(NETWORK_KEY, HIDDEN_KEY, "fc.weight"), warn=False)
+    stored = stored_architecture(f"checkpoint {path}", params)
+    if "network" in given and stored["network"] != cfg.network:
+        return cfg
+    foreign = foreign_options(str(stored["network"]), given)
+    if foreign:
+        raise ValueError(f"checkpoint {path}: --{foreign[0]} is not an option of its network, {stored['network']}; "
+                         f"drop the option, or give --network to start another network from its weights")
+    return dataclasses.replace(cfg, **{name: value for name, value in stored.items() if name not in given})
+
+
 def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec) -> str:
     """Load ``path``'s weights into ``net`` (built by ``src.network.create_network``) to start a new
     training (``--init_checkpoint``).

@@ -90,7 +90,8 @@ class Config:
                 "folder only)"})
     augment_folder: bool = field(default=False, metadata={
         "help": "in training, also apply the style's whole-image augmentations (image_rotation, image_shear, "
-                "image_wave, image_blur, color_jitter) to the --dataset_path images, drawn anew each epoch"})
+                "image_wave, image_blur, color_jitter, image_noise, jpeg_quality) to the --dataset_path images, "
+                "drawn anew each epoch"})
     # How rendered captchas look (process_data.py and the on-the-fly stream); the defaults draw as
     # the captcha package does, every option changed from them adds variety.
     fonts: str = field(default=",".join(_STYLE.fonts), metadata={
@@ -119,6 +120,14 @@ class Config:
         "help": "Gaussian blur of radius up to this many pixels (0 = off)"})
     color_jitter: float = field(default=_STYLE.color_jitter, metadata={
         "help": "brightness and contrast scaled by factors in [1 - this, 1 + this] (0 = off)"})
+    background_texture: float = field(default=_STYLE.background_texture, metadata={
+        "help": "this share of captchas get a gradient background with soft blotches instead of a flat one (0 = none)"})
+    strike_lines: int = field(default=_STYLE.strike_lines, metadata={
+        "help": "up to this many lines, straight or bent, 1-4 pixels wide, drawn across the text (0 = none)"})
+    image_noise: float = field(default=_STYLE.image_noise, metadata={
+        "help": "Gaussian pixel noise of standard deviation up to this share of 255 (0 = off)"})
+    jpeg_quality: int = field(default=_STYLE.jpeg_quality, metadata={
+        "help": "re-encode as JPEG of a quality drawn from this to 95 (5-95; 0 = off)"})
     # Serving (serve.py only: the other entry points do not offer these options).
     host: str = field(default="127.0.0.1", metadata={
         "help": "address serve.py listens on; anything but loopback needs --token"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import math
 import os
 import random
@@ -130,7 +131,8 @@ def _parse_sizes(text: str) -> Tuple[int, ...]:
 # The numeric style options (Config and RenderStyle share the names): their allowed [low, high].
 _LIMITS = {"noise_dots": (0, 1000), "noise_curves": (0, 20), "char_rotation": (0, 180), "char_warp": (0, 5),
            "image_rotation": (0, 180), "image_shear": (0, 1), "image_wave": (0, 32), "image_blur": (0, 10),
-           "color_jitter": (0, 0.9)}
+           "color_jitter": (0, 0.9), "background_texture": (0, 1), "strike_lines": (0, 10), "image_noise": (0, 0.5),
+           "jpeg_quality": (0, 95)}
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,10 @@ class RenderStyle:
     Colours are per-channel ranges; the text colour is redrawn (up to 50 times) until it differs
     from the background by at least MIN_CONTRAST grey levels. ``char_*`` scale ``captcha``'s per-character transforms;
     ``image_*`` and ``color_jitter`` are whole-image augmentations drawn from the same seed (0 = off).
+    ``background_texture`` (the share of images whose flat background becomes a gradient with
+    blotches) and ``strike_lines`` (up to this many lines of random colour and width across the text)
+    change the drawing; ``image_noise`` (Gaussian pixel noise, sigma up to this share of 255) and
+    ``jpeg_quality`` (re-encoded as JPEG of quality from this to 95) are whole-image augmentations.
     """
 
     fonts: Tuple[str, ...] = ("captcha",)
@@ -159,6 +165,10 @@ class RenderStyle:
     image_wave: float = 0.0
     image_blur: float = 0.0
     color_jitter: float = 0.0
+    background_texture: float = 0.0
+    strike_lines: int = 0
+    image_noise: float = 0.0
+    jpeg_quality: int = 0
 
     @classmethod
     def from_config(cls, cfg) -> "RenderStyle":
@@ -179,6 +189,8 @@ class RenderStyle:
                     background_colors=_parse_range(cfg.background_colors, "background_colors"),
                     **{name: getattr(cfg, name) for name in _LIMITS})
         (t_low, t_high), (b_low, b_high) = style.text_colors, style.background_colors
+        if 0 < style.jpeg_quality < 5:
+            raise ValueError(f"--jpeg_quality must be 0 (off) or a JPEG quality in [5, 95], got {style.jpeg_quality}")
         if max(b_high - t_low, t_high - b_low) < MIN_CONTRAST:
             raise ValueError(f"--text_colors {cfg.text_colors} and --background_colors {cfg.background_colors} "
                              f"leave no text {MIN_CONTRAST} grey levels away from its background")
@@ -200,7 +212,8 @@ class RenderStyle:
         return "style: " + ", ".join(f"{k}={v}" for k, v in show.items())
 
 
-AUGMENTATION_FIELDS = ("image_rotation", "image_shear", "image_wave", "image_blur", "color_jitter")
+AUGMENTATION_FIELDS = ("image_rotation", "image_shear", "image_wave", "image_blur", "color_jitter", "image_noise",
+                       "jpeg_quality")
 """The style's whole-image augmentations (:meth:`Renderer.augment`), which also apply to labelled images."""
 
 STYLE_FIELDS = ("fonts", "font_sizes", "text_colors", "background_colors") + tuple(_LIMITS)
@@ -452,7 +465,12 @@ class Renderer:
             generator.create_noise_dots(image, color, number=style.noise_dots)
             for _ in range(style.noise_curves):
                 generator.create_noise_curve(image, color)
-            image = image.filter(ImageFilter.SMOOTH)
+        # Drawn from rng only when on, so that the default draws stay what captcha computes.
+        if style.background_texture and rng.random() < style.background_texture:
+            image = _texture_background(image, color, background, rng, style)
+        if style.strike_lines:
+            _strike_lines(image, color, rng, rng.randint(1, style.strike_lines))
+        image = image.filter(ImageFilter.SMOOTH)
         return self.augment(image, rng, background)
 
     def augment(self, image: Image.Image, rng: random.Random, background: Sequence[int]) -> Image.Image:
@@ -477,11 +495,62 @@ class Renderer:
             jitter = style.color_jitter
             image = ImageEnhance.Brightness(image).enhance(rng.uniform(1 - jitter, 1 + jitter))
             image = ImageEnhance.Contrast(image).enhance(rng.uniform(1 - jitter, 1 + jitter))
+        if style.image_noise:
+            sigma = rng.uniform(0, style.image_noise) * 255
+            noise = np.random.default_rng(rng.getrandbits(64)).normal(0, sigma, (image.height, image.width, 1))
+            image = Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
+        if style.jpeg_quality:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=rng.randint(style.jpeg_quality, 95))
+            image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
         return image
 
     def render_bgr(self, label: str, image_seed: str) -> np.ndarray:
         """:meth:`render` as the dataset reads an image: uint8 HWC in BGR order."""
         return np.ascontiguousarray(np.asarray(self.render(label, image_seed))[:, :, ::-1])
+
+
+def _texture_background(image: Image.Image, color: Sequence[int], background: Sequence[int], rng: random.Random,
+                        style: RenderStyle) -> Image.Image:
+    """``image`` drawn in ``color`` on flat ``background``, redrawn on a linear gradient between two
+    background colours with soft blotches: each pixel keeps its share of ink, estimated from its
+    distance to the flat background along the ink colour."""
+    pixels = np.asarray(image, np.float32)
+    height, width = pixels.shape[:2]
+    ink, flat = np.asarray(color[:3], np.float32), np.asarray(background[:3], np.float32)
+    span = ink - flat
+    share = np.clip(((pixels - flat) @ span) / max(float(span @ span), 1.0), 0, 1)[..., None]
+    low, high = style.background_colors
+    ends = [np.asarray([rng.randint(low, high) for _ in range(3)], np.float32) for _ in range(2)]
+    angle = rng.uniform(0, 2 * math.pi)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = (xs / width - 0.5) * math.cos(angle) + (ys / height - 0.5) * math.sin(angle)
+    ramp = ((ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6))[..., None]
+    texture = ends[0] * (1 - ramp) + ends[1] * ramp
+    for _ in range(rng.randint(0, 6)):
+        cx, cy, radius = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(4, height / 2)
+        tint = np.asarray([rng.randint(low, high) for _ in range(3)], np.float32)
+        weight = 0.6 * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * radius ** 2))[..., None]
+        texture = texture * (1 - weight) + tint * weight
+    # Keep the ink readable: push the texture away from the ink where they come too close.
+    gap = (texture @ np.asarray([0.299, 0.587, 0.114], np.float32)) - _luminance(ink)
+    need = np.where(np.abs(gap) < MIN_CONTRAST, (MIN_CONTRAST - np.abs(gap)) * np.where(gap >= 0, 1, -1), 0)
+    texture = np.clip(texture + need[..., None], 0, 255)
+    out = share * ink + (1 - share) * texture
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def _strike_lines(image: Image.Image, color: Sequence[int], rng: random.Random, count: int) -> None:
+    """Draw ``count`` lines across ``image``, straight or bent, 1-4 pixels wide, in the ink colour or another."""
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    for _ in range(count):
+        ink = tuple(color[:3]) if rng.random() < 0.5 else tuple(rng.randint(0, 255) for _ in range(3))
+        y0, y1 = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * height
+        bend, phase = rng.uniform(0, height / 6), rng.uniform(0, 2 * math.pi)
+        xs = np.linspace(rng.uniform(-0.1, 0.3) * width, rng.uniform(0.7, 1.1) * width, 24)
+        ys = y0 + (y1 - y0) * (xs - xs[0]) / (xs[-1] - xs[0]) + bend * np.sin(2 * np.pi * xs / width + phase)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=ink, width=rng.randint(1, 4), joint="curve")
 
 
 def _wave(image: Image.Image, amplitude: float, period: float, phase: float, fill: Tuple[int, ...]) -> Image.Image:

@@ -128,8 +128,9 @@ def made_up_style(tmp_path_factory):
     return root
 
 
-def test_a_tiny_adaptation_run_learns_a_made_up_style(made_up_style, tmp_path):
-    base = os.path.join(REPO, "pretrained", "warpctc.ckpt")
+@pytest.mark.parametrize("release", ["warpctc.ckpt", "crnn_digits.ckpt"])
+def test_a_tiny_adaptation_run_learns_a_made_up_style(made_up_style, tmp_path, release):
+    base = os.path.join(REPO, "pretrained", release)
     test = made_up_style / "test"
     before = run_py([EVAL, "--dataset_path", test, "--checkpoint_path", base, "--quiet"])
     assert before.returncode == 0, before.stderr

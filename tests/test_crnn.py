@@ -194,14 +194,19 @@ def test_the_other_networks_options_with_a_checkpoint_are_one_line(crnn_run, dat
     assert last_error_line(proc) == f"predict.py: error: checkpoint {ckpt}: {message}; drop the option: the checkpoint says what it reads"
 
 
-def test_a_crnn_checkpoint_cannot_start_the_original_network(crnn_run, data_root, tmp_path):
+@pytest.mark.parametrize("option, message", [
+    (["--network", "warpctc"], "its crnn network cannot start this warpctc network (network differs: 'crnn' vs "
+                               "--network 'warpctc')"),
+    (["--hidden_size", "16"], "--hidden_size is not an option of its network, crnn; drop the option, or give "
+                              "--network to start another network from its weights"),
+])
+def test_a_crnn_checkpoint_cannot_start_the_original_network(crnn_run, data_root, tmp_path, option, message):
     work, _ = crnn_run
     ckpt = work / "checkpoint" / "warpctc-2_10.ckpt"
-    proc = run_py([TRAIN, "--dataset_path", data_root / "train", "--hidden_size", "16", "--batch_size", "16",
+    proc = run_py([TRAIN, "--dataset_path", data_root / "train", *option, "--batch_size", "16",
                    "--init_checkpoint", ckpt], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert last_error_line(proc) == (f"train.py: error: checkpoint {ckpt}: its crnn network cannot start this "
-                                     "warpctc network (network differs: 'crnn' vs --network 'warpctc')")
+    assert last_error_line(proc) == f"train.py: error: checkpoint {ckpt}: {message}"
     assert not (tmp_path / "checkpoint").exists()
 
 

@@ -119,7 +119,8 @@ def _skip_without_system_fonts():
     ("fonts", "system"), ("fonts", "FONT_FILE"), ("fonts", "dejavu-sans"), ("font_sizes", "30,36"),
     ("text_colors", "0-60"), ("background_colors", "170-200"), ("noise_dots", 0), ("noise_curves", 4),
     ("char_rotation", 0.0), ("char_warp", 0.0), ("image_rotation", 10.0), ("image_shear", 0.3), ("image_wave", 4.0),
-    ("image_blur", 1.5), ("color_jitter", 0.5),
+    ("image_blur", 1.5), ("color_jitter", 0.5), ("background_texture", 1.0), ("strike_lines", 3),
+    ("image_noise", 0.1), ("jpeg_quality", 20),
 ])
 def test_each_style_option_changes_the_image_and_is_off_by_default(option, value):
     assert getattr(RenderStyle.from_config(Config()), option) == getattr(RenderStyle(), option)   # off by default
@@ -147,6 +148,16 @@ def test_colour_ranges_blur_and_noise_do_what_they_say():
     # Without dots and curves, fewer pixels stand out from the background than with many of them.
     clean, noisy = render(noise_dots=0, noise_curves=0), render(noise_dots=300, noise_curves=6)
     assert (clean.mean(axis=2) < 200).sum() < (noisy.mean(axis=2) < 200).sum()
+    # Lines across the text darken more pixels than the text alone.
+    assert (clean.mean(axis=2) < 200).sum() < (render(noise_dots=0, noise_curves=0, strike_lines=6).mean(axis=2)
+                                               < 200).sum()
+    # A textured background varies across the image's top row, which no glyph reaches; a flat one barely does.
+    plain = dict(noise_dots=0, noise_curves=0, background_colors=(120, 255))
+    flat, textured = render(**plain)[0], render(**plain, background_texture=1.0)[0]
+    assert textured.std(axis=0).mean() > flat.std(axis=0).mean() + 5
+    # Pixel noise and a low JPEG quality both move pixels away from the clean drawing, more as they grow.
+    assert 0 < np.abs(render(image_noise=0.02) - render()).mean() < np.abs(render(image_noise=0.2) - render()).mean()
+    assert 0 < np.abs(render(jpeg_quality=90) - render()).mean() < np.abs(render(jpeg_quality=5) - render()).mean()
 
 
 def test_process_data_renders_a_style_and_bad_style_values_are_one_line_errors(tmp_path):
@@ -169,6 +180,8 @@ def test_process_data_renders_a_style_and_bad_style_values_are_one_line_errors(t
         (["--font_sizes", "40,0"], "--font_sizes must be comma-separated positive pixel sizes, e.g. 42,50,56, "
                                    "got '40,0'"),
         (["--image_rotation", "200"], "--image_rotation must be in [0, 180], got 200.0"),
+        (["--jpeg_quality", "3"], "--jpeg_quality must be 0 (off) or a JPEG quality in [5, 95], got 3"),
+        (["--strike_lines", "11"], "--strike_lines must be in [0, 10], got 11"),
         (["--fonts", str(tmp_path / "none.ttf")], f"--fonts {tmp_path / 'none.ttf'}: no such font file or folder"),
         (["--fonts", str(tmp_path / "styled" / "test" / plain[0])],
          f"--fonts {tmp_path / 'styled' / 'test' / plain[0]}: not a readable font (unknown file format)"),

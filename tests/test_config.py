@@ -101,7 +101,7 @@ def test_recipe_options_are_validated():
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
                   "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml", "crnn_digits.yaml", "crnn_alnum.yaml",
-                  "crnn_robust.yaml"])
+                  "crnn_robust.yaml", "adapt_alphabet.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -132,6 +132,11 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                               normalization="per_image", optimizer="adam", learning_rate=0.0005, lr_schedule="cosine",
                               train_steps=3000, fonts="captcha,dejavu-sans,dejavu-sans-mono", image_blur=1.2,
                               background_texture=0.5, strike_lines=2, image_noise=0.06, jpeg_quality=25)),
+    ("adapt_alphabet.yaml", dict(normalization="per_image", synthetic_images=3000, augment_folder=True,
+                                 optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
+                                 train_steps=900, font_sizes="42,50,56", text_colors="10-200",
+                                 background_colors="238-255", noise_curves=1, image_rotation=3.0, image_shear=0.15,
+                                 image_wave=2.0, image_blur=0.6, color_jitter=0.3)),
     ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=250, augment_folder=True,
                         optimizer="adam", learning_rate=0.0015, lr_schedule="cosine", warmup_steps=50,
                         train_steps=900, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,

@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     if args.init_checkpoint:
         from src.checkpoint import load_for_finetune
 
-        notice = load_for_finetune(net, args.init_checkpoint, spec)
+        notice = load_for_finetune(net, args.init_checkpoint, spec, carry_head=not cfg.fresh_head)
         print(f"{notice}; optimizer and schedule start at step 0", flush=True)
     if args.resume_checkpoint:
         from src.checkpoint import restore_training

@@ -484,13 +484,14 @@ def finetune_config(path: str, cfg, given: Iterable[str]):
     return dataclasses.replace(cfg, **{name: value for name, value in stored.items() if name not in given})
 
 
-def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec) -> str:
+def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec, carry_head: bool = True) -> str:
     """Load ``path``'s weights into ``net`` (built by ``src.network.create_network``) to start a new
     training (``--init_checkpoint``).
 
     The checkpoint must be of the same network with the same hyper-parameters (else a ValueError
-    naming the first difference). One of another alphabet gives everything but the dense head,
-    which starts fresh. Returns a one-line notice of what was loaded.
+    naming the first difference). One of another alphabet gives everything but the dense head, whose
+    rows it gives only for the blank and the characters both alphabets share (none when not
+    ``carry_head``); the other rows start fresh. Returns a one-line notice of what was loaded.
     """
     params = read_checkpoint(path)
     stored = _stored_model(path, params)
@@ -504,5 +505,29 @@ def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec) -> str:
         return f"network weights from {path}"
     load_into(net, path, params=params,
               ignore=[p.name for p in net.get_parameters() if p.name.startswith(HEAD_PREFIX)])
-    return (f"{stored['network']} weights but the dense head from {path} (alphabet {stored['charset']!r}); the "
-            f"head for this alphabet {spec.charset!r} ({spec.num_classes} classes) starts fresh")
+    if not carry_head:
+        return (f"{stored['network']} weights but the dense head from {path} (alphabet {stored['charset']!r}); the "
+                f"head for this alphabet {spec.charset!r} ({spec.num_classes} classes) starts fresh (--fresh_head)")
+    carried = _carry_head_rows(net, params, str(stored["charset"]), spec)
+    fresh = "".join(c for c in spec.charset if c not in stored["charset"])
+    return (f"{stored['network']} weights from {path}, and of its dense head (alphabet {stored['charset']!r}) the "
+            f"rows of the blank and of the {carried - 1} character(s) this alphabet {spec.charset!r} shares with it; "
+            f"{len(fresh)} character(s) start fresh" + (f" ({fresh!r})" if fresh else ""))
+
+
+def _carry_head_rows(net: nn.Cell, params: Mapping, old_charset: str, new: CaptchaSpec) -> int:
+    """Copy into ``net``'s freshly initialised dense head the checkpoint's rows (weights and bias) of
+    each class both alphabets have, matched by character, and of the blank; returns how many.
+
+    A new head that already reads the shared characters and knows where the blank goes keeps CTC's
+    alignment, so only the new characters have to be learnt (a head that starts all fresh sits on
+    the all-blank plateau first; docs/adapting.md, "Mixed case")."""
+    pairs = [(new.charset.index(c), old_charset.index(c)) for c in new.charset if c in old_charset]
+    pairs.append((new.blank, len(old_charset)))      # the blank is the class after the characters
+    new_rows, old_rows = (list(side) for side in zip(*pairs))
+    for param in net.get_parameters():
+        if param.name.startswith(HEAD_PREFIX) and param.name in params:
+            values = param.asnumpy().copy()
+            values[new_rows] = params[param.name].asnumpy()[old_rows]
+            param.set_data(ms.Tensor(values))
+    return len(pairs)

@@ -83,6 +83,10 @@ class Config:
     crnn_batch_norm: bool = field(default=True, metadata={"help": "network crnn: BatchNorm after each convolution"})
     crnn_hidden_size: int = field(default=128, metadata={"help": "network crnn: hidden size of the neck's 2 LSTM layers"})
     crnn_bidirectional: bool = field(default=True, metadata={"help": "network crnn: the neck reads both directions"})
+    fresh_head: bool = field(default=False, metadata={
+        "help": "with --init_checkpoint of another alphabet, draw every row of the dense head fresh, as the "
+                "alphanumeric releases were trained, instead of carrying over the rows of the blank and of the "
+                "characters both alphabets share"})
     # Captchas rendered on the fly (src/render.py, README "Captchas on the fly").
     synthetic_images: int = field(default=0, metadata={
         "help": "train on this many captchas per epoch rendered on the fly from the spec, the style options and "

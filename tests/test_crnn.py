@@ -161,19 +161,35 @@ def test_the_hub_builds_crnn_in_pynative_mode_as_in_graph_mode(crnn_run, tmp_pat
     assert result["diff"] < 1e-4
 
 
-def test_fine_tuning_a_crnn_to_another_alphabet_starts_a_fresh_head(crnn_run, data_root, tmp_path):
+@pytest.mark.parametrize("fresh_head", [False, True])
+def test_fine_tuning_a_crnn_to_another_alphabet_keeps_the_shared_head_rows(crnn_run, data_root, tmp_path, fresh_head):
     work, _ = crnn_run
     ckpt = work / "checkpoint" / "warpctc-2_10.ckpt"
     labelled = tmp_path / "hex"
     shutil.copytree(data_root / "train", labelled)       # digits are letters of the bigger alphabet too
     proc = run_py([TRAIN, "--dataset_path", labelled, *CRNN, "--charset", "0123456789ABCDEF", "--train_steps", "1",
-                   "--learning_rate", "1e-12", "--momentum", "0", "--init_checkpoint", ckpt], cwd=tmp_path)
+                   "--learning_rate", "1e-12", "--momentum", "0", "--init_checkpoint", ckpt,
+                   "--fresh_head", str(fresh_head).lower()], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (f"crnn weights but the dense head from {ckpt} (alphabet '0123456789'); the head for this alphabet "
-            "'0123456789ABCDEF' (17 classes) starts fresh") in proc.stdout
+    if fresh_head:
+        assert (f"crnn weights but the dense head from {ckpt} (alphabet '0123456789'); the head for this alphabet "
+                "'0123456789ABCDEF' (17 classes) starts fresh (--fresh_head)") in proc.stdout
+    else:
+        assert (f"crnn weights from {ckpt}, and of its dense head (alphabet '0123456789') the rows of the blank and "
+                "of the 10 character(s) this alphabet '0123456789ABCDEF' shares with it; 6 character(s) start fresh "
+                "('ABCDEF')") in proc.stdout
     source = read_checkpoint(str(ckpt))
     tuned = read_checkpoint(str(tmp_path / "checkpoint" / "warpctc-1_1.ckpt"))
     assert tuple(tuned["fc.weight"].shape) == (17, 32)
+    old, new = source["fc.weight"].asnumpy(), tuned["fc.weight"].asnumpy()
+    # new row -> source row: the digits by character, and the blank (the last class of each)
+    kept = {} if fresh_head else {**{i: i for i in range(10)}, 16: 10}
+    for name in ("fc.weight", "fc.bias"):
+        for new_row, old_row in kept.items():
+            np.testing.assert_allclose(tuned[name].asnumpy()[new_row], source[name].asnumpy()[old_row], atol=1e-6,
+                                       err_msg=f"{name} row {new_row}")
+    # every other row is drawn fresh: none is a copy of a trained row
+    assert all(not np.allclose(new[i], row) for i in range(17) if i not in kept for row in old)
     carried = [name for name in source if name.startswith(("backbone.", "neck.")) and "moving_" not in name
                and name in tuned]
     assert len(carried) >= 10

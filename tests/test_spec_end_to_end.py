@@ -86,20 +86,24 @@ def test_the_old_digits_release_still_reads_digits(hex_run, tmp_path):
     assert "which is not in the alphabet '0123456789'" in last_error_line(proc)
 
 
-def test_fine_tuning_to_another_alphabet_starts_a_fresh_dense_layer(hex_run, data_root, tmp_path):
+def test_fine_tuning_to_a_smaller_alphabet_keeps_its_characters_rows(hex_run, data_root, tmp_path):
     _, ckpt = hex_run
     # SGD at a negligible rate: what the run starts from is what it saves
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", *TINY, "--train_steps", "2", "--learning_rate",
                    "1e-12", "--momentum", "0", "--init_checkpoint", ckpt], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (f"warpctc weights but the dense head from {ckpt} (alphabet '{HEX}'); the head for this alphabet "
-            "'0123456789' (11 classes) starts fresh; optimizer and schedule start at step 0") in proc.stdout
+    assert (f"warpctc weights from {ckpt}, and of its dense head (alphabet '{HEX}') the rows of the blank and of "
+            "the 10 character(s) this alphabet '0123456789' shares with it; 0 character(s) start fresh; optimizer "
+            "and schedule start at step 0") in proc.stdout
     source, tuned = ms.load_checkpoint(str(ckpt)), ms.load_checkpoint(str(tmp_path / "checkpoint" / "warpctc-1_2.ckpt"))
     lstm = [name for name in source if name.startswith("lstm.") and name in tuned]
     assert len(lstm) == 8
     for name in lstm:
         np.testing.assert_allclose(tuned[name].asnumpy(), source[name].asnumpy(), atol=1e-6, err_msg=name)
     assert tuned["fc.weight"].shape == (11, 32)
+    rows = list(range(10)) + [16]           # the digits' rows and the blank's: A..F have no class here
+    for name in ("fc.weight", "fc.bias"):
+        np.testing.assert_allclose(tuned[name].asnumpy(), source[name].asnumpy()[rows], atol=1e-6, err_msg=name)
     assert CaptchaSpec.from_json(tuned[SPEC_KEY]) == CaptchaSpec()
 
 

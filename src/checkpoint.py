@@ -508,16 +508,17 @@ def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec, carry_head: bo
     if not carry_head:
         return (f"{stored['network']} weights but the dense head from {path} (alphabet {stored['charset']!r}); the "
                 f"head for this alphabet {spec.charset!r} ({spec.num_classes} classes) starts fresh (--fresh_head)")
-    carried = _carry_head_rows(net, params, str(stored["charset"]), spec)
+    _carry_head_rows(net, params, str(stored["charset"]), spec)
     fresh = "".join(c for c in spec.charset if c not in stored["charset"])
     return (f"{stored['network']} weights from {path}, and of its dense head (alphabet {stored['charset']!r}) the "
-            f"rows of the blank and of the {carried - 1} character(s) this alphabet {spec.charset!r} shares with it; "
-            f"{len(fresh)} character(s) start fresh" + (f" ({fresh!r})" if fresh else ""))
+            f"rows of the blank and of the {len(spec.charset) - len(fresh)} character(s) this alphabet "
+            f"{spec.charset!r} shares with it; {len(fresh)} character(s) start fresh"
+            + (f" ({fresh!r})" if fresh else ""))
 
 
-def _carry_head_rows(net: nn.Cell, params: Mapping, old_charset: str, new: CaptchaSpec) -> int:
+def _carry_head_rows(net: nn.Cell, params: Mapping, old_charset: str, new: CaptchaSpec) -> None:
     """Copy into ``net``'s freshly initialised dense head the checkpoint's rows (weights and bias) of
-    each class both alphabets have, matched by character, and of the blank; returns how many.
+    each class both alphabets have, matched by character, and of the blank.
 
     A new head that already reads the shared characters and knows where the blank goes keeps CTC's
     alignment, so only the new characters have to be learnt (a head that starts all fresh sits on
@@ -530,4 +531,3 @@ def _carry_head_rows(net: nn.Cell, params: Mapping, old_charset: str, new: Captc
             values = param.asnumpy().copy()
             values[new_rows] = params[param.name].asnumpy()[old_rows]
             param.set_data(ms.Tensor(values))
-    return len(pairs)

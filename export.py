@@ -68,6 +68,18 @@ def _normalization(spec) -> Dict[str, object]:
     return {"step": "x = (x - mean) / std, per channel in BGR order", "mean": list(MEAN), "std": list(STD)}
 
 
+def _resize_step(spec) -> str:
+    """The resize step of the preprocessing, as the spec says."""
+    if spec.resize == "keep_aspect":
+        return (f"scale by s = min({spec.input_height} / image height, {spec.width} / image width) with bilinear "
+                f"interpolation to round(height * s) x round(width * s) (at least 1, at most {spec.input_height} x "
+                f"{spec.width}); place it on a {spec.input_height}x{spec.width} (height x width) canvas, left-aligned, "
+                f"top row (canvas height - scaled height) // 2; fill the rest of the canvas with the per-channel "
+                f"mean of the scaled image's border pixels (its first and last rows and columns)")
+    return (f"resize to {spec.input_height}x{spec.width} (height x width) with bilinear "
+            "interpolation if the image has another size")
+
+
 def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, object]:
     """What a user without MindSpore needs to run an exported model (``net``) and read its output."""
     sequence_length = net.sequence_length
@@ -88,13 +100,13 @@ def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, ob
             "channel_order": "BGR",
             "preprocess": ["load as RGB (first frame of a GIF), then reverse the channels to BGR",
                            "x = x * rescale", normalize_step,
-                           f"resize to {spec.input_height}x{spec.width} (height x width) with bilinear "
-                           "interpolation if the image has another size",
+                           _resize_step(spec),
                            "HWC -> CHW, stack the batch"],
             "rescale": 1.0 / 255.0,
             "normalization": spec.normalization,
             **norm,
-            "resize": {"height": spec.input_height, "width": spec.width, "interpolation": "bilinear"},
+            "resize": {"height": spec.input_height, "width": spec.width, "interpolation": "bilinear",
+                       "mode": spec.resize},
         },
         "output": {
             "shape": [sequence_length, batch_size, spec.num_classes],

@@ -335,7 +335,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.init_checkpoint:
             from src.checkpoint import finetune_config
 
-            cfg = validate(finetune_config(args.init_checkpoint, cfg, explicit_overrides(args)))
+            cfg, notice = finetune_config(args.init_checkpoint, cfg, explicit_overrides(args), args.dataset_path)
+            cfg = validate(cfg)
+            if notice:
+                print(notice, flush=True)
         if args.dataset_path is None and cfg.augment_folder:
             raise ValueError("--augment_folder true augments the images of --dataset_path: give a folder")
         if args.dataset_path is None and not cfg.synthetic_images:

@@ -27,6 +27,11 @@ SPEC_KEY = "captcha_spec"      # name of the spec's JSON entry inside a checkpoi
 # channel; "per_image", each channel of each image to mean 0 and std 1 (robust to colours,
 # brightness and contrast the training data did not have).
 NORMALIZATIONS = ("fixed", "per_image")
+# How an image of another size is fitted to the network's input: "stretch", the original's resize to
+# exactly input_height x width; "keep_aspect", scaled to fit inside it with its aspect ratio kept,
+# centred vertically, left-aligned, the rest filled with the mean of the scaled image's border
+# (so captchas of any size and shape reach the network undistorted).
+RESIZES = ("stretch", "keep_aspect")
 # The largest alphabet (each character is a class of the network): far more than any captcha
 # alphabet of Latin letters, so that a file pasted into --charset by mistake is one clear error.
 MAX_CHARSET = 1000
@@ -42,6 +47,7 @@ class CaptchaSpec:
     width: int = 160
     height: int = 64
     normalization: str = NORMALIZATIONS[0]
+    resize: str = RESIZES[0]
 
     def __post_init__(self):
         # A spec may come from a file (a checkpoint's JSON): a wrong type must fail here, naming the
@@ -67,6 +73,8 @@ class CaptchaSpec:
                 raise ValueError(f"--{_OPTION[name]} must be positive, got {getattr(self, name)}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"--resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "CaptchaSpec":
@@ -75,12 +83,12 @@ class CaptchaSpec:
         ``src.config.validate`` builds it too, so a validated config never fails here.
         """
         return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
-                   height=cfg.captcha_height, normalization=cfg.normalization)
+                   height=cfg.captcha_height, normalization=cfg.normalization, resize=cfg.resize)
 
     def config_values(self) -> Dict[str, object]:
         """The :class:`src.config.Config` fields this spec is made of (the inverse of :meth:`from_config`)."""
         return {"charset": self.charset, "max_captcha_digits": self.max_length, "captcha_width": self.width,
-                "captcha_height": self.height, "normalization": self.normalization}
+                "captcha_height": self.height, "normalization": self.normalization, "resize": self.resize}
 
     # -- the network's view ----------------------------------------------------------------------
     @property
@@ -153,22 +161,28 @@ class CaptchaSpec:
 
     # -- storage ---------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        data = asdict(self)
+        if data["resize"] == RESIZES[0]:
+            del data["resize"]      # a stretching spec is stored as before the option existed
+        return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str = "spec") -> "CaptchaSpec":
-        """The spec :meth:`to_json` wrote. A spec written before ``normalization`` existed reads as
-        "fixed", the only normalisation there was."""
+        """The spec :meth:`to_json` wrote. A spec written before ``normalization`` or ``resize`` existed
+        reads as "fixed" and "stretch", the only ones there were."""
         try:
             data = json.loads(text)
             return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")},
-                       normalization=data.get("normalization", NORMALIZATIONS[0]))
+                       normalization=data.get("normalization", NORMALIZATIONS[0]),
+                       resize=data.get("resize", RESIZES[0]))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: damaged captcha spec ({err})") from None
 
     def describe(self) -> str:
         """One line for logs: ``1-4 of '0123456789', 160x64`` (plus ``, per_image normalisation``)."""
         text = f"1-{self.max_length} of {self.charset!r}, {self.width}x{self.height}"
+        if self.resize != RESIZES[0]:
+            text += ", any size fitted with its aspect kept"
         return text if self.normalization == NORMALIZATIONS[0] else f"{text}, {self.normalization} normalisation"
 
 
@@ -210,4 +224,5 @@ def ctc_log_likelihood(log_probs: np.ndarray, labels: Sequence[Sequence[int]], b
 
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}
-_FIELD_TYPES = {"charset": str, "max_length": int, "width": int, "height": int, "normalization": str}
+_FIELD_TYPES = {"charset": str, "max_length": int, "width": int, "height": int, "normalization": str,
+                "resize": str}

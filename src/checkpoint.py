@@ -302,6 +302,7 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
                              f"classes, not the digits' {CaptchaSpec().num_classes}; it cannot be read")
         stored["charset"] = CaptchaSpec().charset
         stored["normalization"] = CaptchaSpec().normalization      # the only one there was
+        stored["resize"] = CaptchaSpec().resize
     return stored
 
 
@@ -467,21 +468,33 @@ def load_network(path: str, cfg, platform: str = "CPU", given: Iterable[str] = (
     return net, spec
 
 
-def finetune_config(path: str, cfg, given: Iterable[str]):
-    """``cfg`` with the network of ``path`` (``--init_checkpoint``): its family and hyper-parameters
-    replace those the user did not set (``given``), so that starting from a checkpoint needs no
-    network options; one set explicitly is kept, and :func:`load_for_finetune` names a mismatch."""
+def finetune_config(path: str, cfg, given: Iterable[str], dataset_path: Optional[str] = None):
+    """``(cfg, notice)``: ``cfg`` with the model of ``path`` (``--init_checkpoint``) for every field the user
+    did not set (``given``): its network family and hyper-parameters, so that starting from a checkpoint needs
+    no network options, and its captcha spec (normalisation, resize, size, ...). With ``dataset_path``, the
+    alphabet, length and width are worked out from that folder (:func:`src.dataset.fit_spec_to_folder`), and
+    ``notice`` says what was chosen ("" otherwise). An explicit option is kept; :func:`load_for_finetune`
+    names a network mismatch."""
     import dataclasses
 
-    params = read_checkpoint(path, names=(NETWORK_KEY, HIDDEN_KEY, "fc.weight"), warn=False)
-    stored = stored_architecture(f"checkpoint {path}", params)
+    from src.dataset import fit_spec_to_folder
+
+    given = set(given)
+    params = read_checkpoint(path, names=(NETWORK_KEY, HIDDEN_KEY, SPEC_KEY, "fc.weight"), warn=False)
+    stored = _stored_model(path, params)
     if "network" in given and stored["network"] != cfg.network:
-        return cfg
-    foreign = foreign_options(str(stored["network"]), given)
-    if foreign:
-        raise ValueError(f"checkpoint {path}: --{foreign[0]} is not an option of its network, {stored['network']}; "
-                         f"drop the option, or give --network to start another network from its weights")
-    return dataclasses.replace(cfg, **{name: value for name, value in stored.items() if name not in given})
+        stored = {name: value for name, value in stored.items() if name not in NETWORK_FIELDS}
+    else:
+        foreign = foreign_options(str(stored["network"]), given)
+        if foreign:
+            raise ValueError(f"checkpoint {path}: --{foreign[0]} is not an option of its network, "
+                             f"{stored['network']}; drop the option, or give --network to start another network "
+                             f"from its weights")
+    cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items() if name not in given})
+    if dataset_path is None:
+        return cfg, ""
+    values, notice = fit_spec_to_folder(dataset_path, CaptchaSpec.from_config(cfg), given)
+    return dataclasses.replace(cfg, **values), notice
 
 
 def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec, carry_head: bool = True) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, CaptchaSpec
+from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, RESIZES, CaptchaSpec
 from src.network import check_architecture
 from src.render import RenderStyle
 
@@ -69,6 +69,10 @@ class Config:
     normalization: str = field(default=NORMALIZATIONS[0], metadata={
         "help": "input normalisation: fixed (the original's dataset mean/std) or per_image (each channel of each "
                 "image to mean 0, std 1); checkpoints record it, so eval, predict and export apply the same"})
+    resize: str = field(default=RESIZES[0], metadata={
+        "help": "how images of another size reach the network: stretch (to captcha_width x captcha_height, the "
+                "original) or keep_aspect (scaled to fit with the aspect ratio kept, centred vertically, "
+                "left-aligned, the rest filled with the border's mean colour); checkpoints record it"})
     # The network (src/network.py): the original, or the convolutional family; checkpoints record which.
     # The crnn defaults are the screen's best crnn per CPU-minute (docs/networks.md, "The screen").
     network: str = field(default="warpctc", metadata={

@@ -2,7 +2,7 @@
 
 The captchas come from a dataset folder or are rendered on the fly. A dataset folder is
 either ``<index>-<label>.<ext>`` files (what ``process_data.py`` renders: the label is the
-part after the first ``-``), or images of any names plus a ``labels.tsv`` (``file<TAB>label``
+part after the first ``-``), ``<label>.<ext>`` files (the commonest naming of public captcha sets), or images of any names plus a ``labels.tsv`` (``file<TAB>label``
 per line, UTF-8: the format predict.py prints, so corrected predictions become labels; a folder
 being labelled by hand lists only its labelled images, see :func:`read_labels_tsv`).
 On the fly (``synthetic_images``), every sample is a pure function of the seed and its place
@@ -13,6 +13,7 @@ on every platform, and images are normalised as the spec says.
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import stat
@@ -46,13 +47,23 @@ LABELLING_HEADER = "# labelling: images not listed here are not labelled yet"
 UNREADABLE_MARK = "#unreadable"
 
 
-def parse_label(file_name: str, spec: CaptchaSpec) -> str:
-    """The label after the first ``-`` of ``<index>-<label>.<ext>``; ValueError naming the file if invalid."""
+def label_of_name(file_name: str) -> str:
+    """The label a file name carries, unchecked: after the first ``-`` of ``<index>-<label>.<ext>``
+    (what process_data.py writes), else the whole stem of ``<label>.<ext>`` (public captcha sets)."""
     stem = os.path.splitext(os.path.basename(file_name))[0]
-    if "-" not in stem:
-        raise ValueError(f"{file_name}: name is not <index>-<label>.<ext>; name files so, or list the folder's "
-                         f"labels in {LABELS_FILE}")
-    return spec.check_label(stem.split("-", 1)[1], source=file_name)
+    return stem.split("-", 1)[1] if "-" in stem else stem
+
+
+def parse_label(file_name: str, spec: CaptchaSpec) -> str:
+    """The label of ``<index>-<label>.<ext>`` or ``<label>.<ext>``; ValueError naming the file if invalid."""
+    label = label_of_name(file_name)
+    try:
+        return spec.check_label(label, source=file_name)
+    except ValueError as err:
+        if "-" in os.path.basename(file_name):
+            raise
+        raise ValueError(f"{err}; the name is neither <label>.<ext> nor <index>-<label>.<ext>: rename the "
+                         f"file, or list the folder's labels in {LABELS_FILE}") from None
 
 
 def check_tsv_name(path: str) -> None:
@@ -258,6 +269,75 @@ def list_samples(dataset_path: str, spec: CaptchaSpec) -> List[Tuple[str, str]]:
     if os.path.lexists(os.path.join(dataset_path, LABELS_FILE)):
         return read_labels_tsv(dataset_path, spec)
     return [(path, parse_label(path, spec)) for path in list_image_files(dataset_path)]
+
+
+def _raw_labels(folder: str) -> List[Tuple[str, str]]:
+    """``(path, label)`` of a folder's labelled images, its labels.tsv or file names read as text, before any
+    alphabet is known (:func:`list_samples` checks them once the alphabet is chosen)."""
+    if not os.path.lexists(os.path.join(folder, LABELS_FILE)):
+        return [(path, label_of_name(path)) for path in list_image_files(folder)]
+    try:
+        with open(os.path.join(folder, LABELS_FILE), encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []           # read_labels_tsv names the problem
+    fields = [line.split("\t") for line in lines if line.strip() and not line.startswith("#")]
+    return [(os.path.join(folder, f[0]), f[1]) for f in fields if len(f) >= 2]
+
+
+def _image_size(path: str) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` from an image's header, or None when it cannot be read (check_images names it)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+# A fine-tuned network reads images at most this many times as wide as its base's (CTC steps and memory grow
+# with the width).
+MAX_WIDTH_GROWTH = 4
+
+
+def fit_spec_to_folder(folder: str, base: CaptchaSpec, given: Sequence[str]) -> Tuple[Dict[str, object], str]:
+    """The spec fields a fine-tuning on ``folder`` should use, worked out from its labels and image sizes, and
+    one line saying what was chosen.
+
+    Of the fields the user did not set (``given``, by Config name): the alphabet is the labels' characters
+    (in the base's order, new ones after it), the length the longest label's; with a ``keep_aspect`` base
+    the width grows (up to MAX_WIDTH_GROWTH x the base's, in steps of 8) so that the widest image's aspect
+    fits unshrunk. The height is always the base's, which the network's weights are made for.
+    """
+    samples = _raw_labels(folder)
+    labels = [label for _, label in samples if label]
+    if not labels:
+        return {}, ""
+    values: Dict[str, object] = {}
+    notes = []
+    used = {c for label in labels for c in label if c.isprintable() and not c.isspace()}
+    if "charset" not in given and used:
+        charset = "".join(c for c in base.charset if c in used) + "".join(sorted(used - set(base.charset)))
+        values["charset"] = charset
+        notes.append(f"alphabet {charset!r} ({len(charset)} characters, those of its labels)")
+    if "max_captcha_digits" not in given:
+        values["max_captcha_digits"] = max(len(label) for label in labels)
+        notes.append(f"1-{values['max_captcha_digits']} characters (its longest label)")
+    sizes = [size for size in (_image_size(path) for path, _ in samples) if size and min(size) > 0]
+    if sizes:
+        (low_w, low_h), (high_w, high_h) = min(sizes), max(sizes)
+        shown = f"{low_w}x{low_h}" if min(sizes) == max(sizes) else f"{low_w}x{low_h} to {high_w}x{high_h}"
+        width = base.width
+        if base.resize == "keep_aspect" and "captcha_width" not in given:
+            aspect = max(w / h for w, h in sizes)
+            needed = math.ceil(base.input_height * aspect / 8) * 8
+            width = min(max(base.width, needed), MAX_WIDTH_GROWTH * base.width)
+            values["captcha_width"] = width
+        elif "captcha_width" in given:
+            width = None
+        how = "fitted with the aspect kept" if base.resize == "keep_aspect" else "stretched"
+        notes.append(f"images {shown}, {how} into " + (f"{width}x{base.input_height}" if width else "--captcha_width"))
+    override = "--charset, --max_captcha_digits and --captcha_width override"
+    return values, f"fine-tuning to {folder}: " + "; ".join(notes) + f" ({override})"
 
 
 def _unreadable(path: str, err: Exception) -> str:
@@ -602,19 +682,52 @@ class PerImageStandardize:
         return channels.T.astype(np.float32, order="C").reshape(image.shape)
 
 
+class KeepAspectFit:
+    """The "keep_aspect" resize: a float HWC image scaled (bilinear) to fit inside ``height`` x ``width`` with
+    its aspect ratio kept, centred vertically and left-aligned; the rest is filled with the per-channel
+    mean of the scaled image's border pixels, so the fill continues the captcha's background."""
+
+    def __init__(self, height: int, width: int):
+        self.height = height
+        self.width = width
+
+    def placement(self, image_height: int, image_width: int) -> Tuple[int, int, int]:
+        """``(scaled height, scaled width, top row)`` of an image of that size."""
+        scale = min(self.height / image_height, self.width / image_width)
+        high = min(self.height, max(1, round(image_height * scale)))
+        wide = min(self.width, max(1, round(image_width * scale)))
+        return high, wide, (self.height - high) // 2
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import mindspore.dataset.vision as vision
+
+        high, wide, top = self.placement(*image.shape[:2])
+        if (high, wide) != image.shape[:2]:
+            image = vision.Resize((high, wide))(image)
+        border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+        out = np.empty((self.height, self.width, image.shape[2]), np.float32)
+        out[...] = border.mean(axis=0, dtype=np.float64).astype(np.float32)
+        out[top:top + high, :wide] = image
+        return out
+
+
 def image_transforms(spec: CaptchaSpec) -> list:
     """The per-image transforms: rescale, normalise (as ``spec.normalization`` says), resize to the
-    network's input, HWC->CHW. With "fixed", the original's."""
+    network's input (as ``spec.resize`` says), HWC->CHW. With "fixed" and "stretch", the original's."""
     import mindspore.dataset.vision as vision
 
     if spec.normalization == "per_image":
         normalize = PerImageStandardize()
     else:
         normalize = vision.Normalize(list(MEAN), list(STD))
+    if spec.resize == "keep_aspect":
+        resize = KeepAspectFit(spec.input_height, spec.width)
+    else:
+        resize = vision.Resize((spec.input_height, spec.width))
     return [
         vision.Rescale(1.0 / 255.0, 0.0),
         normalize,
-        vision.Resize((spec.input_height, spec.width)),
+        resize,
         vision.HWC2CHW(),
     ]
 

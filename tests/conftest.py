@@ -129,3 +129,16 @@ def ctc_reference(log_probs, label, blank):
                 terms.append(alpha[t - 1, s - 2])
             alpha[t, s] = np.logaddexp.reduce(terms) + log_probs[t, ext[s]]
     return -np.logaddexp(alpha[-1, -1], alpha[-1, -2] if S > 1 else -np.inf)
+
+
+def bilinear(image, height, width):
+    """Half-pixel-centre bilinear resize of an HWC float image (OpenCV's and MindSpore's convention)."""
+    def taps(size_out, size_in):
+        centre = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
+        low = np.floor(centre).astype(int)
+        return low, np.minimum(low + 1, size_in - 1), (centre - low)
+
+    r0, r1, fr = taps(height, image.shape[0])
+    c0, c1, fc = taps(width, image.shape[1])
+    rows = image[r0] * (1 - fr)[:, None, None] + image[r1] * fr[:, None, None]
+    return rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c1] * fc[None, :, None]

@@ -23,11 +23,14 @@ def labels_of(dataset):
     return [DIGITS.decode(row) for _, label in dataset.create_tuple_iterator(output_numpy=True) for row in label]
 
 
-def test_parse_label_accepts_only_index_dash_label():
+def test_parse_label_reads_index_dash_label_and_label_names():
     assert parse_label("00042-0731.png", DIGITS) == "0731"
     assert parse_label("/x/7-5.png", DIGITS) == "5"
     assert parse_label("/x/7-5.jpg", DIGITS) == "5"
-    for bad, why in (("00042.png", "name is not <index>-<label>"), ("1-abc.png", "'a', which is not in the alphabet"),
+    assert parse_label("/x/0731.png", DIGITS) == "0731"          # <label>.<ext>, as public captcha sets name them
+    for bad, why in (("00042.png", "has 5 characters.*neither <label>.<ext> nor <index>-<label>"),
+                     ("IMG_1.png", "'I', which is not in the alphabet.*neither <label>.<ext>"),
+                     ("1-abc.png", "'a', which is not in the alphabet"),
                      ("1-12345.png", "has 5 characters, expected 1 to 4"), ("1-.png", "has 0 characters")):
         with pytest.raises(ValueError, match=why):
             parse_label(bad, DIGITS)

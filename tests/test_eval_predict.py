@@ -19,7 +19,7 @@ import process_data
 from src.checkpoint import load_network
 from src.config import Config
 from src.metric import edit_distance
-from conftest import REPO, ctc_reference, last_error_line, run_bash, run_py
+from conftest import REPO, bilinear, ctc_reference, last_error_line, run_bash, run_py
 
 EVAL, PREDICT, EXPORT = (os.path.join(REPO, n) for n in ("eval.py", "predict.py", "export.py"))
 RELEASED = os.path.join(REPO, "pretrained", "warpctc.ckpt")
@@ -34,19 +34,6 @@ SUBSET_SEED, SUBSET_SIZE, EXPECTED_CORRECT = 100, 64, 62
 MEAN_BGR = np.array([0.9010, 0.9049, 0.9025])
 STD_BGR = np.array([0.1521, 0.1347, 0.1458])
 BLANK_CLASS = 10
-
-
-def bilinear(image, height, width):
-    """Half-pixel-centre bilinear resize of an HWC float image (OpenCV's and MindSpore's convention)."""
-    def taps(size_out, size_in):
-        centre = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
-        low = np.floor(centre).astype(int)
-        return low, np.minimum(low + 1, size_in - 1), (centre - low)
-
-    r0, r1, fr = taps(height, image.shape[0])
-    c0, c1, fc = taps(width, image.shape[1])
-    rows = image[r0] * (1 - fr)[:, None, None] + image[r1] * fr[:, None, None]
-    return rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c1] * fc[None, :, None]
 
 
 def reference_inputs(paths, captcha_height=64, captcha_width=160):

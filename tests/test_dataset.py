@@ -29,7 +29,7 @@ def test_parse_label_reads_index_dash_label_and_label_names():
     assert parse_label("/x/7-5.jpg", DIGITS) == "5"
     assert parse_label("/x/0731.png", DIGITS) == "0731"          # <label>.<ext>, as public captcha sets name them
     for bad, why in (("00042.png", "has 5 characters.*neither <label>.<ext> nor <index>-<label>"),
-                     ("IMG_1.png", "'I', which is not in the alphabet.*neither <label>.<ext>"),
+                     ("IMG.png", "'I', which is not in the alphabet.*neither <label>.<ext>"),
                      ("1-abc.png", "'a', which is not in the alphabet"),
                      ("1-12345.png", "has 5 characters, expected 1 to 4"), ("1-.png", "has 0 characters")):
         with pytest.raises(ValueError, match=why):

@@ -106,6 +106,11 @@ class Config:
         "help": "comma-separated: captcha (the font the captcha package ships), system (the installed fonts "
                 "that draw the whole alphabet), dejavu-sans, dejavu-sans-mono, dejavu-serif (the four DejaVu faces "
                 "of each that the matplotlib package ships), font files or folders of them"})
+    exclude_fonts: str = field(default=",".join(_STYLE.exclude_fonts), metadata={
+        "help": "comma-separated file-name patterns (e.g. DejaVuSerif*) of fonts left out of --fonts"})
+    text_layout: str = field(default=_STYLE.text_layout, metadata={
+        "help": "captcha (the captcha package's drawing) or varied (glyph by glyph, each image its own width, "
+                "background, fonts, inks and clutter; README 'Captchas on the fly')"})
     font_sizes: str = field(default=",".join(map(str, _STYLE.font_sizes)), metadata={
         "help": "comma-separated font sizes in pixels, one drawn per character; at most 2 x captcha_height"})
     text_colors: str = field(default="-".join(map(str, _STYLE.text_colors)), metadata={
@@ -136,6 +141,9 @@ class Config:
         "help": "Gaussian pixel noise of standard deviation up to this share of 255 (0 = off)"})
     jpeg_quality: int = field(default=_STYLE.jpeg_quality, metadata={
         "help": "re-encode as JPEG of a quality drawn from this to 95 (5-95; 0 = off)"})
+    image_scale: float = field(default=_STYLE.image_scale, metadata={
+        "help": "shrink the image to a share of its size drawn from [1 - this, 1], as a low-resolution captcha "
+                "(0 = off)"})
     # Serving (serve.py only: the other entry points do not offer these options).
     host: str = field(default="127.0.0.1", metadata={
         "help": "address serve.py listens on; anything but loopback needs --token"})

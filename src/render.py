@@ -11,6 +11,7 @@ release rendered); each style option changes that and is off by default.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import importlib.util
 import io
 import math
@@ -27,6 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from PIL.ImageFont import FreeTypeFont, truetype
 
 from src.captcha_spec import CaptchaSpec
+from src.render_varied import draw_varied
 
 MIN_LENGTH = 1                 # labels have MIN_LENGTH..max_length characters, as the spec reads them
 FONT_EXTENSIONS = (".ttf", ".otf", ".ttc")
@@ -132,7 +134,11 @@ def _parse_sizes(text: str) -> Tuple[int, ...]:
 _LIMITS = {"noise_dots": (0, 1000), "noise_curves": (0, 20), "char_rotation": (0, 180), "char_warp": (0, 5),
            "image_rotation": (0, 180), "image_shear": (0, 1), "image_wave": (0, 32), "image_blur": (0, 10),
            "color_jitter": (0, 0.9), "background_texture": (0, 1), "strike_lines": (0, 10), "image_noise": (0, 0.5),
-           "jpeg_quality": (0, 95)}
+           "jpeg_quality": (0, 95), "image_scale": (0, 0.8)}
+# How the text is laid out: captcha's own drawing, or src/render_varied.py's (which also draws
+# captcha's, at a varied width, for a share of the images).
+TEXT_LAYOUTS = ("captcha", "varied")
+VARIED_CAPTCHA_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -148,11 +154,16 @@ class RenderStyle:
     ``image_*`` and ``color_jitter`` are whole-image augmentations drawn from the same seed (0 = off).
     ``background_texture`` (the share of images whose flat background becomes a gradient with
     blotches) and ``strike_lines`` (up to this many lines of random colour and width across the text)
-    change the drawing; ``image_noise`` (Gaussian pixel noise, sigma up to this share of 255) and
-    ``jpeg_quality`` (re-encoded as JPEG of quality from this to 95) are whole-image augmentations.
+    change the drawing; ``image_noise`` (Gaussian pixel noise, sigma up to this share of 255),
+    ``jpeg_quality`` (re-encoded as JPEG of quality from this to 95) and ``image_scale`` (shrunk to
+    a share of its size drawn from [1 - this, 1], as a low-resolution captcha) are whole-image
+    augmentations. ``text_layout`` ``varied`` draws each image glyph by glyph at its own width
+    (:mod:`src.render_varied`); ``exclude_fonts`` are file-name patterns left out of ``fonts``.
     """
 
     fonts: Tuple[str, ...] = ("captcha",)
+    exclude_fonts: Tuple[str, ...] = ()
+    text_layout: str = "captcha"
     font_sizes: Tuple[int, ...] = (42, 50, 56)
     text_colors: Tuple[int, int] = (10, 200)
     background_colors: Tuple[int, int] = (238, 255)
@@ -169,6 +180,7 @@ class RenderStyle:
     strike_lines: int = 0
     image_noise: float = 0.0
     jpeg_quality: int = 0
+    image_scale: float = 0.0
 
     @classmethod
     def from_config(cls, cfg) -> "RenderStyle":
@@ -184,7 +196,10 @@ class RenderStyle:
             value = getattr(cfg, name)
             if not low <= value <= high:
                 raise ValueError(f"--{name} must be in [{low}, {high}], got {value}")
-        style = cls(fonts=fonts, font_sizes=_parse_sizes(cfg.font_sizes),
+        if cfg.text_layout not in TEXT_LAYOUTS:
+            raise ValueError(f"--text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {cfg.text_layout!r}")
+        excluded = tuple(part.strip() for part in cfg.exclude_fonts.split(",") if part.strip())
+        style = cls(fonts=fonts, exclude_fonts=excluded, text_layout=cfg.text_layout, font_sizes=_parse_sizes(cfg.font_sizes),
                     text_colors=_parse_range(cfg.text_colors, "text_colors"),
                     background_colors=_parse_range(cfg.background_colors, "background_colors"),
                     **{name: getattr(cfg, name) for name in _LIMITS})
@@ -207,16 +222,16 @@ class RenderStyle:
         changed = self.changes()
         if not changed:
             return "default style"
-        show = {k: ",".join(map(str, v)) if k in ("fonts", "font_sizes") else
+        show = {k: ",".join(map(str, v)) if k in ("fonts", "exclude_fonts", "font_sizes") else
                 "-".join(map(str, v)) if isinstance(v, tuple) else v for k, v in changed.items()}
         return "style: " + ", ".join(f"{k}={v}" for k, v in show.items())
 
 
 AUGMENTATION_FIELDS = ("image_rotation", "image_shear", "image_wave", "image_blur", "color_jitter", "image_noise",
-                       "jpeg_quality")
+                       "jpeg_quality", "image_scale")
 """The style's whole-image augmentations (:meth:`Renderer.augment`), which also apply to labelled images."""
 
-STYLE_FIELDS = ("fonts", "font_sizes", "text_colors", "background_colors") + tuple(_LIMITS)
+STYLE_FIELDS = ("fonts", "exclude_fonts", "text_layout", "font_sizes", "text_colors", "background_colors") + tuple(_LIMITS)
 """The Config fields of the style, in the order of RenderStyle."""
 
 
@@ -343,7 +358,9 @@ def resolve_fonts(style: RenderStyle, charset: str) -> Tuple[List[str], str]:
             files += DEFAULT_FONTS
             continue
         if entry == "system":
-            candidates = system_font_files()
+            # Excluded files are dropped before the alphabet check, which opens every candidate.
+            installed = system_font_files()
+            candidates = [path for path in installed if not _excluded(path, style.exclude_fonts)]
             usable = [path for path in candidates if _draws(path, charset, style.font_sizes[0])]
             if not candidates:
                 raise ValueError(f"--fonts system: no font files in {', '.join(SYSTEM_FONT_DIRS)}")
@@ -352,6 +369,8 @@ def resolve_fonts(style: RenderStyle, charset: str) -> Tuple[List[str], str]:
                                  f"character of {charset!r}")
             notes.append(f"system: {len(usable)} of {len(candidates)} fonts (the others lack characters of the "
                          "alphabet)" if len(usable) < len(candidates) else f"system: {len(usable)} fonts")
+            if len(candidates) < len(installed):
+                notes.append(f"{len(installed) - len(candidates)} installed fonts excluded by --exclude_fonts")
             files += usable
             continue
         if entry in PACKAGE_FONTS:
@@ -382,7 +401,21 @@ def resolve_fonts(style: RenderStyle, charset: str) -> Tuple[List[str], str]:
                 raise ValueError(f"--fonts {font_file}: cannot draw {''.join(missing)!r} of --charset {charset!r}")
         files += listed
         notes.append(f"{entry}: {len(listed)} font(s)")
-    return list(dict.fromkeys(files)), "; ".join(notes)
+    files = list(dict.fromkeys(files))
+    if style.exclude_fonts:
+        kept = [path for path in files if not _excluded(path, style.exclude_fonts)]
+        if not kept:
+            raise ValueError(f"--exclude_fonts {','.join(style.exclude_fonts)}: leaves none of the "
+                             f"{len(files)} fonts of --fonts")
+        notes.append(f"{len(files) - len(kept)} excluded by --exclude_fonts")
+        files = kept
+    return files, "; ".join(notes)
+
+
+def _excluded(path: str, patterns: Sequence[str]) -> bool:
+    """Whether the file name of ``path`` matches one of the ``fnmatch`` patterns (case-insensitively)."""
+    name = os.path.basename(path).lower()
+    return any(fnmatch.fnmatch(name, pattern.lower()) for pattern in patterns)
 
 
 def _draws(path: str, charset: str, size: int) -> bool:
@@ -413,12 +446,21 @@ class Renderer:
         self.style = style
         self.font_files, _ = resolve_fonts(style, spec.charset)
         self._generators: dict = {}
+        self._fonts: dict = {}
 
     def __getstate__(self):
-        return {name: value for name, value in self.__dict__.items() if name != "_generators"}
+        return {name: value for name, value in self.__dict__.items() if name not in ("_generators", "_fonts")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _generators={})
+        self.__dict__.update(state, _generators={}, _fonts={})
+
+    def _font(self, index: int, size: int) -> FreeTypeFont:
+        """Font file ``index`` at ``size`` pixels, opened once per thread (FreeType faces are not shared)."""
+        key = (threading.get_ident(), index, size)
+        font = self._fonts.get(key)
+        if font is None:
+            font = self._fonts[key] = truetype(self.font_files[index], size)
+        return font
 
     @property
     def generator(self):
@@ -453,6 +495,17 @@ class Renderer:
 
         style, generator = self.style, self.generator
         rng = random.Random(image_seed)
+        if style.text_layout == "varied":
+            if rng.random() >= VARIED_CAPTCHA_SHARE:
+                image, background, ink = draw_varied(
+                    label, rng, self.spec.height, self._font, len(self.font_files), style.font_sizes,
+                    style.text_colors, style.background_colors, style.char_rotation, style.noise_dots,
+                    style.noise_curves)
+                if style.strike_lines:
+                    _strike_lines(image, ink, rng, rng.randint(0, style.strike_lines))
+                return self.augment(image, rng, background)
+            # captcha's drawing at a width of this label's own: 0.6 to 1.1 heights per character.
+            generator._width = int(self.spec.height * max(1.6, len(label) * rng.uniform(0.6, 1.1) + 0.4))
         with _seeded(rng):
             # ImageCaptcha.generate_image, step by step, with the style's amounts.
             background = random_color(*style.background_colors)
@@ -499,6 +552,10 @@ class Renderer:
             sigma = rng.uniform(0, style.image_noise) * 255
             noise = np.random.default_rng(rng.getrandbits(64)).normal(0, sigma, (image.height, image.width, 1))
             image = Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
+        if style.image_scale:
+            share = rng.uniform(1 - style.image_scale, 1)
+            image = image.resize((max(1, round(image.width * share)), max(1, round(image.height * share))),
+                                 Image.Resampling.BILINEAR if rng.random() < 0.5 else Image.Resampling.NEAREST)
         if style.jpeg_quality:
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=rng.randint(style.jpeg_quality, 95))

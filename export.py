@@ -112,7 +112,9 @@ def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, ob
             "shape": [sequence_length, batch_size, spec.num_classes],
             "layout": "TBC: one row of class scores (logits) per CTC step (the network's sequence_length), per image",
             "decoding": "greedy CTC: argmax over classes at each step, merge repeated classes, drop blank_index; "
-                        "class i < blank_index is charset[i]",
+                        "class i < blank_index is charset[i]" + ("; then the text in lower case (ignore_case)"
+                                                                 if spec.ignore_case else ""),
+            "ignore_case": spec.ignore_case,
         },
     }
 

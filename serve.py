@@ -137,14 +137,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         import uvicorn
 
+        from src.checkpoint import READING_FIELDS
         from src.runtime import set_up
         from src.server import create_app
         from src.serving import Batcher, ServedModel
 
         set_up(args.platform, device_id=args.device_id)
         models = {}
+        # Only a reading option (--ignore_case) may differ from a checkpoint's own record.
+        reading = [name for name in explicit_overrides(args) if name in READING_FIELDS]
         for name, path in checkpoints:
-            models[name] = ServedModel(name, path, cfg, args.platform)
+            models[name] = ServedModel(name, path, cfg, args.platform, given=reading)
         store = None
         if args.label_dir is not None:
             from src.labelling import LabelStore

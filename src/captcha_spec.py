@@ -40,7 +40,9 @@ MAX_CHARSET = 1000
 @dataclass(frozen=True)
 class CaptchaSpec:
     """What a model reads: ``charset`` (distinct characters), labels of 1..``max_length`` of them,
-    images ``width`` x ``height`` pixels, normalised by ``normalization`` (see NORMALIZATIONS)."""
+    images ``width`` x ``height`` pixels, normalised by ``normalization`` (see NORMALIZATIONS). With
+    ``ignore_case``, texts (read and labelled) are compared and given in lower case: for captchas whose
+    case means nothing, read by a model that tells the cases apart."""
 
     charset: str = DIGITS
     max_length: int = 4
@@ -48,13 +50,14 @@ class CaptchaSpec:
     height: int = 64
     normalization: str = NORMALIZATIONS[0]
     resize: str = RESIZES[0]
+    ignore_case: bool = False
 
     def __post_init__(self):
         # A spec may come from a file (a checkpoint's JSON): a wrong type must fail here, naming the
         # field, not later inside decoding or the network.
         for name, kind in _FIELD_TYPES.items():
             value = getattr(self, name)
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ValueError(f"{name!r} must be {kind.__name__}, got {value!r:.40} ({type(value).__name__})")
         if not self.charset:
             raise ValueError("--charset is empty: give the characters a captcha can hold, e.g. 0123456789")
@@ -83,12 +86,14 @@ class CaptchaSpec:
         ``src.config.validate`` builds it too, so a validated config never fails here.
         """
         return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
-                   height=cfg.captcha_height, normalization=cfg.normalization, resize=cfg.resize)
+                   height=cfg.captcha_height, normalization=cfg.normalization, resize=cfg.resize,
+                   ignore_case=cfg.ignore_case)
 
     def config_values(self) -> Dict[str, object]:
         """The :class:`src.config.Config` fields this spec is made of (the inverse of :meth:`from_config`)."""
         return {"charset": self.charset, "max_captcha_digits": self.max_length, "captcha_width": self.width,
-                "captcha_height": self.height, "normalization": self.normalization, "resize": self.resize}
+                "captcha_height": self.height, "normalization": self.normalization, "resize": self.resize,
+                "ignore_case": self.ignore_case}
 
     # -- the network's view ----------------------------------------------------------------------
     @property
@@ -131,7 +136,10 @@ class CaptchaSpec:
 
     def decode(self, coded: Sequence[int]) -> str:
         """Class indices -> text; the blank and anything outside the alphabet are dropped."""
-        return "".join(self.charset[int(v)] for v in coded if 0 <= int(v) < self.blank)
+        return self._folded("".join(self.charset[int(v)] for v in coded if 0 <= int(v) < self.blank))
+
+    def _folded(self, text: str) -> str:
+        return text.lower() if self.ignore_case else text
 
     def greedy_decode(self, logits: np.ndarray) -> List[str]:
         """``(T, B, C)`` scores -> B strings: argmax per step, collapse repeats, drop blanks."""
@@ -157,13 +165,16 @@ class CaptchaSpec:
         coded = [row[mask] for row, mask in zip(best, keep)]
         log_probs = logits - _logsumexp(logits)
         confidence = np.exp(ctc_log_likelihood(log_probs, coded, self.blank))
-        return [("".join(self.charset[c] for c in row), float(p)) for row, p in zip(coded, confidence)]
+        # Folded, the confidence stays that of the case the model read (a lower bound on the text's).
+        return [(self._folded("".join(self.charset[c] for c in row)), float(p)) for row, p in zip(coded, confidence)]
 
     # -- storage ---------------------------------------------------------------------------------
     def to_json(self) -> str:
         data = asdict(self)
         if data["resize"] == RESIZES[0]:
             del data["resize"]      # a stretching spec is stored as before the option existed
+        if not data["ignore_case"]:
+            del data["ignore_case"]
         return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -174,7 +185,7 @@ class CaptchaSpec:
             data = json.loads(text)
             return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")},
                        normalization=data.get("normalization", NORMALIZATIONS[0]),
-                       resize=data.get("resize", RESIZES[0]))
+                       resize=data.get("resize", RESIZES[0]), ignore_case=data.get("ignore_case", False))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: damaged captcha spec ({err})") from None
 
@@ -183,6 +194,8 @@ class CaptchaSpec:
         text = f"1-{self.max_length} of {self.charset!r}, {self.width}x{self.height}"
         if self.resize != RESIZES[0]:
             text += ", any size fitted with its aspect kept"
+        if self.ignore_case:
+            text += ", case ignored"
         return text if self.normalization == NORMALIZATIONS[0] else f"{text}, {self.normalization} normalisation"
 
 
@@ -225,4 +238,4 @@ def ctc_log_likelihood(log_probs: np.ndarray, labels: Sequence[Sequence[int]], b
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}
 _FIELD_TYPES = {"charset": str, "max_length": int, "width": int, "height": int, "normalization": str,
-                "resize": str}
+                "resize": str, "ignore_case": bool}

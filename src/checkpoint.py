@@ -303,14 +303,20 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
         stored["charset"] = CaptchaSpec().charset
         stored["normalization"] = CaptchaSpec().normalization      # the only one there was
         stored["resize"] = CaptchaSpec().resize
+        stored["ignore_case"] = CaptchaSpec().ignore_case
     return stored
+
+
+# Spec fields that say how texts are read, not what the network was trained on: an explicit option wins
+# over the checkpoint's value instead of contradicting it.
+READING_FIELDS = ("ignore_case",)
 
 
 def _model_conflict(stored: Mapping[str, object], cfg, given: Iterable[str], explicit: bool = True) -> str:
     """The first ``given`` option of ``cfg`` that contradicts ``stored`` (a checkpoint's :func:`_stored_model`;
     "" when none): a recorded value set otherwise, or, when the user gave them (``explicit``), an option
     of the other network family."""
-    for name in sorted(set(given) & set(stored)):
+    for name in sorted(set(given) & set(stored) - set(READING_FIELDS)):
         if getattr(cfg, name) != stored[name]:
             return f"--{name} {getattr(cfg, name)!r} conflicts with the checkpoint's {stored[name]!r}"
     foreign = foreign_options(str(stored["network"]), given) if explicit else ()
@@ -333,7 +339,8 @@ def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
     conflict = _model_conflict(stored, cfg, given, explicit)
     if conflict:
         raise ValueError(f"checkpoint {path}: {conflict}; {hint}")
-    cfg = dataclasses.replace(cfg, **stored)
+    cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items()
+                                      if not (name in READING_FIELDS and name in set(given))})
     return cfg, CaptchaSpec.from_config(cfg)
 
 

@@ -73,6 +73,9 @@ class Config:
         "help": "how images of another size reach the network: stretch (to captcha_width x captcha_height, the "
                 "original) or keep_aspect (scaled to fit with the aspect ratio kept, centred vertically, "
                 "left-aligned, the rest filled with the border's mean colour); checkpoints record it"})
+    ignore_case: bool = field(default=False, metadata={
+        "help": "the captchas' case means nothing: texts are read, compared and written in lower case; a "
+                "checkpoint records it, and eval, predict and serve may set it either way for any checkpoint"})
     # The network (src/network.py): the original, or the convolutional family; checkpoints record which.
     # The crnn defaults are the screen's best crnn per CPU-minute (docs/networks.md, "The screen").
     network: str = field(default="warpctc", metadata={

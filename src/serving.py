@@ -146,7 +146,7 @@ class OnnxRuntimeBackend(Backend):
 class ServedModel:
     """One checkpoint served under ``name``: its spec, backend and the preprocessing predict.py applies."""
 
-    def __init__(self, name: str, checkpoint_path: str, cfg, platform: str = "CPU"):
+    def __init__(self, name: str, checkpoint_path: str, cfg, platform: str = "CPU", given: Sequence[str] = ()):
         from mindspore.dataset.transforms import Compose
 
         from src.checkpoint import load_network
@@ -155,7 +155,7 @@ class ServedModel:
         self.name = name
         self.checkpoint_path = checkpoint_path
         self.sha256 = sha256_of(checkpoint_path)
-        self.net, self.spec = load_network(checkpoint_path, cfg, platform)
+        self.net, self.spec = load_network(checkpoint_path, cfg, platform, given)
         self.sizes = buckets(cfg.max_batch)
         self._transform = Compose(image_transforms(self.spec))
         if cfg.backend == "onnxruntime":

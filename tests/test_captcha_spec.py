@@ -62,6 +62,36 @@ def test_case_matters_in_a_mixed_alphabet():
         CaptchaSpec(charset=ALNUM).encode("a", source="x.png")
 
 
+def test_ignore_case_reads_and_compares_in_lower_case_and_is_stored_only_when_set():
+    spec = CaptchaSpec(charset=MIXED, ignore_case=True)
+    assert spec.decode(spec.encode("aAbB")) == "aabb"
+    logits = 10 * np.eye(spec.num_classes)[[spec.charset.index("A"), spec.blank, spec.charset.index("b")]]
+    assert spec.greedy_decode(logits[:, None, :]) == ["ab"]
+    assert CaptchaSpec.from_json(spec.to_json()) == spec
+    assert "ignore_case" not in json.loads(CaptchaSpec(charset=MIXED).to_json())   # as written before it existed
+    assert "case ignored" in spec.describe()
+
+
+def test_predict_and_eval_may_ignore_case_on_any_checkpoint(tmp_path):
+    # crnn_alnum reads capitals; told to ignore case, the same reads come out in lower case and
+    # eval compares folded texts, so its accuracy is unchanged.
+    images = tmp_path / "images"
+    process_data.render_split(str(images), 6, progress=False,
+                              spec=CaptchaSpec(charset=ALNUM))
+    ckpt = os.path.join(REPO, "pretrained", "crnn_alnum.ckpt")
+    plain = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ckpt, "--quiet", images])
+    folded = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ckpt, "--quiet", "--ignore_case", "true",
+                     images])
+    assert plain.returncode == folded.returncode == 0, folded.stderr
+    texts = [line.split("\t")[1] for line in plain.stdout.splitlines()]
+    assert any(t != t.lower() for t in texts)
+    assert [line.split("\t")[1] for line in folded.stdout.splitlines()] == [t.lower() for t in texts]
+    results = [run_py([os.path.join(REPO, "eval.py"), "--checkpoint_path", ckpt, "--dataset_path", images, "--quiet"]
+                      + extra).stdout for extra in ([], ["--ignore_case", "true"])]
+    assert [r.splitlines()[0] for r in results][0] == [r.splitlines()[0] for r in results][1]
+    assert "result: {'WarpCTCAccuracy'" in results[1]
+
+
 def brute_force_probability(probs, text_classes, blank):
     """P(text) by enumerating every path of the (T, C) probabilities and collapsing it."""
     total = 0.0

@@ -11,7 +11,6 @@ request. README, "Serving".
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import socket
 import sys
@@ -20,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from src.cli import report_error
 from src.config import SERVE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
+from src.server import is_loopback
 
 TOKEN_VARIABLE = "WARPCTC_SERVE_TOKEN"
 
@@ -59,16 +59,6 @@ def parse_models(values: Sequence[str]) -> List[Tuple[str, str]]:
     return models
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is only reachable from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve_token(args: argparse.Namespace, host: str) -> Optional[str]:
     """The token to check, from --token or the environment; ValueError when a non-loopback host has none."""
     token = args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None
@@ -95,11 +85,10 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-def label_readings(store, model) -> Dict[str, Tuple[str, float]]:
-    """The model's reading of every image of the labelling folder still to label, in batches."""
+def label_readings(store, model, max_pixels: int) -> Dict[str, Tuple[str, float]]:
+    """The model's reading of every image of the labelling folder still to label, in batches; an image
+    over ``max_pixels`` (--max_pixels, as for /predict) or unreadable is shown without one."""
     import numpy as np
-
-    from src.serving import ImageProblem
 
     readings: Dict[str, Tuple[str, float]] = {}
     names, arrays = [], []
@@ -112,9 +101,8 @@ def label_readings(store, model) -> Dict[str, Tuple[str, float]]:
 
     for name in store.pending():
         try:
-            with open(store.image_path(name), "rb") as handle:
-                arrays.append(model.prepare(handle.read(), name, sys.maxsize))
-        except (OSError, ImageProblem) as err:
+            arrays.append(model.prepare(store.image_bytes(name), name, max_pixels))
+        except (OSError, ValueError) as err:
             print(f"serve.py: {name}: cannot be read by the model ({err}); shown without a reading",
                   file=sys.stderr)
             continue
@@ -154,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             default = next(iter(models.values()))
             store = LabelStore(args.label_dir, default.spec)
-            store.set_readings(label_readings(store, default))
+            store.set_readings(label_readings(store, default, cfg.max_pixels))
         listener = bind(cfg.host, cfg.port)
         batcher = Batcher(cfg.max_batch, cfg.max_wait_ms)
         app = create_app(models, cfg, batcher, token=token, store=store)

@@ -144,10 +144,24 @@ class LabelStore:
             return {"file": name, "label": self._labels.get(name), "unreadable": name in self._unreadable,
                     "reading": text, "confidence": confidence}
 
-    def image_path(self, name: str) -> str:
-        """The path of image ``name`` inside the folder; ValueError as :meth:`item`."""
+    def image_bytes(self, name: str) -> bytes:
+        """The bytes of image ``name``, a regular file of the folder itself; ValueError as :meth:`item`,
+        and "not an image of" for a name that is a symbolic link, not a regular file, or gone.
+
+        Opened without following links and checked on the open file, so a link swapped in at any
+        moment cannot make the server read outside the folder.
+        """
         self._check_name(name)
-        return os.path.join(self.folder, name)
+        try:
+            fd = os.open(os.path.join(self.folder, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+        except OSError as err:
+            raise ValueError(f"{name}: not an image of {self.folder} ({err.strerror})") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{name}: not an image of {self.folder} (not a regular file)")
+            return handle.read()
 
     def counts(self) -> dict:
         """``{"labelled": n, "unreadable": u, "total": N}`` over the folder's images."""

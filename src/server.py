@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import os
 from typing import Dict, List, Optional
@@ -18,7 +19,7 @@ from typing import Dict, List, Optional
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.serving import Batcher, ImageProblem, ServedModel
@@ -112,6 +113,45 @@ async def _request_images(request: Request, body: bytes, max_images: int) -> Lis
     return images
 
 
+
+
+def _host_name(authority: str) -> str:
+    """``host`` of ``host[:port]`` or ``[v6]:port``, lower case."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def foreign_request(host_header: str, origin: Optional[str], bound: str) -> str:
+    """Why a request comes from elsewhere than this server's own address ("" when it does not).
+
+    Bound to loopback, the Host must be a loopback name. An ``Origin`` (sent by browsers) must be the
+    Host's own origin: a page of another site may not use the API, whatever it sends.
+    """
+    host = _host_name(host_header)
+    if is_loopback(bound) and not is_loopback(host):
+        return (f"Host {host_header!r} is not this server's address (it listens on {bound}): requests through "
+                f"another name are refused")
+    if origin is not None:
+        origin_authority = origin.split("://", 1)[-1].split("/", 1)[0]
+        same = origin_authority.lower() == host_header.strip().lower() or (
+            is_loopback(bound) and is_loopback(_host_name(origin_authority)))
+        if not same:
+            return f"Origin {origin!r} is not this server's page: requests from other sites are refused"
+    return ""
+
+
 def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Optional[str] = None,
                store=None) -> FastAPI:
     """The application over loaded ``models`` (the first is the default), with ``store`` for labelling."""
@@ -134,6 +174,16 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.middleware("http")
+    async def _same_origin(request: Request, call_next):
+        # Checked before the token: a page on another site must not reach a loopback server that has
+        # none (a text/plain POST needs no preflight), nor a foreign name that resolves to us (DNS
+        # rebinding).
+        problem = foreign_request(request.headers.get("host", ""), request.headers.get("origin"), cfg.host)
+        if problem:
+            return _error(403, problem)
+        return await call_next(request)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -218,16 +268,18 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
     @app.get("/label/image/{file}", summary="One image of the folder")
     async def label_image(file: str):
         try:
-            path = labelling().image_path(file)
+            data = await run_in_threadpool(labelling().image_bytes, file)
         except ValueError as err:
             raise item_problem(err) from None
-        return FileResponse(path, media_type=_MEDIA_TYPES.get(os.path.splitext(path)[1].lower(),
-                                                              "application/octet-stream"))
+        return Response(data, media_type=_MEDIA_TYPES.get(os.path.splitext(file)[1].lower(), "application/octet-stream"))
 
     @app.post("/label", summary="Save one label",
               description='{"file": "<name>", "label": "<text>"} or {"file": "<name>", "unreadable": true}')
     async def save_label(request: Request):
         current = labelling()
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            raise RequestProblem(f"Content-Type must be application/json, got {kind or 'none'!r}", 415)
         body = await _read_body(request, LABEL_BODY_LIMIT, "the label limit of")
         try:
             data = json.loads(body)

@@ -82,7 +82,7 @@ def test_least_confident_first_skips_done_and_a_reopened_store_continues(folder)
     assert reopened.counts() == {"labelled": 7, "unreadable": 1, "total": 8}
     # What train.py reads: the seven labels, not the unreadable one.
     assert read_labels_tsv(str(path), DIGITS) == [(str(path / n), truth(n)) for n in [names[7], names[0]] + seen]
-    assert store.image_path(names[1]) == str(path / names[1])
+    assert store.image_bytes(names[1]) == (path / names[1]).read_bytes()
 
 
 @pytest.mark.parametrize("name, label, unreadable, message", [
@@ -109,7 +109,7 @@ def test_save_refuses_bad_input_with_the_reason_and_changes_nothing(folder, name
     assert snapshot(path) == before
     assert store.counts() == {"labelled": 1, "unreadable": 0, "total": 8}
     if unknown:
-        for call in (store.item, store.image_path):
+        for call in (store.item, store.image_bytes):
             with pytest.raises(ValueError, match="not an image of"):
                 call(name)
 

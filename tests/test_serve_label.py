@@ -142,3 +142,59 @@ def test_a_partly_labelled_folder_trains(folder, tmp_path):
     output = proc.stdout + proc.stderr
     assert "8 labelled images" in output and "3 not labelled yet" in output and "1 marked unreadable" in output
     assert "2 steps/epoch" in output
+
+
+def test_other_sites_and_other_host_names_cannot_label_or_read(folder):
+    # The red team's cross-site write: a text/plain POST (no preflight) from a page of another site,
+    # and the same through a foreign Host name (DNS rebinding). Neither may write or read.
+    target, truth = folder
+    name = sorted(truth)[0]
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        body = '{"file": "%s", "label": "9999"}' % name
+        for headers, status, words in [
+            ({"Content-Type": "text/plain", "Origin": "https://evil.example", "Host": "evil.example:8000"}, 403,
+             "Host 'evil.example:8000' is not this server's address"),
+            ({"Content-Type": "text/plain", "Origin": "https://evil.example"}, 403,
+             "Origin 'https://evil.example' is not this server's page"),
+            ({"Content-Type": "application/json", "Origin": "null"}, 403, "Origin 'null'"),
+            ({"Content-Type": "text/plain"}, 415, "Content-Type must be application/json, got 'text/plain'"),
+        ]:
+            answer = srv.post("/label", data=body, headers=headers)
+            assert answer.status_code == status and words in answer.json()["error"], (headers, answer.text)
+        assert not (target / "labels.tsv").exists() or name not in (target / "labels.tsv").read_text()
+        foreign = srv.get(f"/label/image/{name}", headers={"Host": "attacker.example"})
+        assert foreign.status_code == 403 and "error" in foreign.json()
+        # The page's own requests still work: same origin, JSON.
+        own = srv.post("/label", json={"file": name, "label": truth[name]},
+                       headers={"Origin": srv.url, "Host": f"localhost:{srv.port}"})
+        assert own.status_code == 200, own.text
+        assert saved(target)[name] == truth[name]
+    finally:
+        srv.stop()
+
+
+def test_only_regular_files_inside_the_folder_are_served(folder, tmp_path):
+    target, truth = folder
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    os.symlink(secret, target / "secret.png")
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        answer = srv.get("/label/image/secret.png")
+        assert answer.status_code == 404 and "root:x" not in answer.text, answer.text
+        # A link swapped in for an image while the server runs is refused too.
+        name = sorted(truth)[1]
+        assert srv.get(f"/label/image/{name}").status_code == 200
+        os.replace(target / name, tmp_path / "moved.png")
+        os.symlink(secret, target / name)
+        swapped = srv.get(f"/label/image/{name}")
+        assert swapped.status_code == 404 and "root:x" not in swapped.text
+        assert "not an image of" in swapped.json()["error"]
+        # And one removed after start is a 404 naming it, not a 500.
+        os.remove(target / name)
+        gone = srv.get(f"/label/image/{name}")
+        assert gone.status_code == 404 and name in gone.json()["error"]
+        assert srv.get("/healthz").status_code == 200
+    finally:
+        srv.stop()

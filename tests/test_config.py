@@ -101,7 +101,7 @@ def test_recipe_options_are_validated():
 
 SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.yaml", "cpu_finetune.yaml",
                   "alnum.yaml", "alnum_stream.yaml", "robust.yaml", "adapt.yaml", "crnn_digits.yaml", "crnn_alnum.yaml",
-                  "crnn_robust.yaml", "adapt_alphabet.yaml"])
+                  "crnn_robust.yaml", "adapt_alphabet.yaml", "crnn_universal.yaml"])
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -132,6 +132,12 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                               normalization="per_image", optimizer="adam", learning_rate=0.0005, lr_schedule="cosine",
                               train_steps=3000, fonts="captcha,dejavu-sans,dejavu-sans-mono", image_blur=1.2,
                               background_texture=0.5, strike_lines=2, image_noise=0.06, jpeg_quality=25)),
+    ("crnn_universal.yaml", dict(network="crnn", charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                                 max_captcha_digits=8, captcha_width=256, captcha_height=64, resize="keep_aspect",
+                                 normalization="per_image", synthetic_images=72000, optimizer="adam",
+                                 learning_rate=0.0005, lr_schedule="cosine", warmup_steps=200, train_steps=6000,
+                                 text_layout="varied", fonts="captcha,system,dejavu-sans,dejavu-sans-mono",
+                                 image_scale=0.6)),
     ("adapt_alphabet.yaml", dict(normalization="per_image", synthetic_images=3000, augment_folder=True,
                                  optimizer="adam", learning_rate=0.001, lr_schedule="cosine", warmup_steps=100,
                                  train_steps=900, font_sizes="42,50,56", text_colors="10-200",

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
     parser.add_argument("--quiet", action="store_true", help="no start-up lines on stderr")
-    return add_config_arguments(parser, names=SERVE_FIELDS)
+    return add_config_arguments(parser, names=SERVE_FIELDS + ("max_pixels",))
 
 
 def parse_models(values: Sequence[str]) -> List[Tuple[str, str]]:
@@ -122,6 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checkpoints = parse_models(args.checkpoint_path)
         if args.label_dir is not None and not os.path.isdir(args.label_dir):
             raise ValueError(f"--label_dir {args.label_dir}: not a folder")
+        if args.label_dir is not None:
+            from src.run_lock import hold_label_folder
+
+            label_lock = hold_label_folder(args.label_dir)      # noqa: F841 -- held until the process ends
 
         import uvicorn
 

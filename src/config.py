@@ -147,6 +147,9 @@ class Config:
     image_scale: float = field(default=_STYLE.image_scale, metadata={
         "help": "shrink the image to a share of its size drawn from [1 - this, 1], as a low-resolution captcha "
                 "(0 = off)"})
+    max_pixels: int = field(default=4_000_000, metadata={
+        "help": "images of more pixels than this are refused from their header (decompression bombs), "
+                "by every entry point that reads images"})
     # Serving (serve.py only: the other entry points do not offer these options).
     host: str = field(default="127.0.0.1", metadata={
         "help": "address serve.py listens on; anything but loopback needs --token"})
@@ -158,8 +161,6 @@ class Config:
         "help": "serve.py waits at most this long for more images to join a batch"})
     max_images: int = field(default=64, metadata={"help": "serve.py accepts at most this many images per request"})
     max_bytes: int = field(default=8 * 1024 * 1024, metadata={"help": "serve.py refuses request bodies over this size (413)"})
-    max_pixels: int = field(default=4_000_000, metadata={
-        "help": "serve.py refuses images of more pixels than this (decompression bombs)"})
     onnx_cache: str = field(default="~/.cache/warpctc/onnx", metadata={
         "help": "serve.py --backend onnxruntime keeps its ONNX exports here, by checkpoint SHA-256 and batch size"})
 
@@ -169,8 +170,7 @@ LR_SCHEDULES = ("step", "cosine")
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 BACKENDS = ("mindspore", "onnxruntime")
 # Offered by serve.py alone: add_config_arguments leaves them out unless asked for.
-SERVE_FIELDS = ("host", "port", "backend", "max_batch", "max_wait_ms", "max_images", "max_bytes", "max_pixels",
-                "onnx_cache")
+SERVE_FIELDS = ("host", "port", "backend", "max_batch", "max_wait_ms", "max_images", "max_bytes", "onnx_cache")
 
 
 def _str2bool(text: str) -> bool:

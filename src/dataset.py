@@ -162,9 +162,14 @@ def listed_as(name: str) -> str:
     return f"./{name}" if name.startswith("#") else name
 
 
-def parse_labels_text(folder: str, path: str, text: str, spec: CaptchaSpec) -> LabelsFile:
+def parse_labels_text(folder: str, path: str, text: str, spec: CaptchaSpec,
+                      missing: Optional[List[str]] = None) -> LabelsFile:
     """Parse the text of ``path``, the ``labels.tsv`` of ``folder`` (see :func:`read_labels_tsv`); every
-    problem is a ValueError naming ``path`` and the line. Whether every image is listed is not checked."""
+    problem is a ValueError naming ``path`` and the line. Whether every image is listed is not checked.
+
+    With a ``missing`` list, a line naming a file the folder no longer holds is no error: the line
+    is kept (it is no entry) and its one-line description appended to ``missing``.
+    """
     bom = text.startswith("\ufeff")
     lines = (text[1:] if bom else text).splitlines(keepends=True)
     entries: Dict[str, LabelsEntry] = {}
@@ -188,7 +193,11 @@ def parse_labels_text(folder: str, path: str, text: str, spec: CaptchaSpec) -> L
             written, label = fields[0], fields[1]
         name = _listed_name(folder, written)
         if name is None:
-            raise ValueError(f"{path}:{number}: {written} does not exist in {folder}")
+            problem = f"{path}:{number}: {written} does not exist in {folder}"
+            if missing is None:
+                raise ValueError(problem)
+            missing.append(problem)
+            continue
         first = entries.get(name)
         if first is not None:
             if (first.label is None) == (label is None):
@@ -205,9 +214,9 @@ def parse_labels_text(folder: str, path: str, text: str, spec: CaptchaSpec) -> L
     return LabelsFile(path, lines, bom, entries, partial)
 
 
-def read_labels_file(folder: str, spec: CaptchaSpec) -> LabelsFile:
-    """Read and parse ``<folder>/labels.tsv`` (:func:`parse_labels_text`); ValueError if it is not a
-    regular UTF-8 file or a line is wrong."""
+def read_labels_file(folder: str, spec: CaptchaSpec, missing: Optional[List[str]] = None) -> LabelsFile:
+    """Read and parse ``<folder>/labels.tsv`` (:func:`parse_labels_text`, ``missing`` as there); ValueError
+    if it is not a regular UTF-8 file or a line is wrong."""
     path = os.path.join(folder, LABELS_FILE)
     problem = regular_file_problem(path, "a file of labels")
     if problem:
@@ -219,7 +228,7 @@ def read_labels_file(folder: str, spec: CaptchaSpec) -> LabelsFile:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
-    return parse_labels_text(folder, path, text, spec)
+    return parse_labels_text(folder, path, text, spec, missing)
 
 
 # The left-out lines already printed: eval.py lists its folder twice, and says so once.
@@ -442,12 +451,22 @@ def load_bgr(path: str) -> np.ndarray:
     return decode_bgr(data, path)
 
 
-def _read_checked(path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
+def _read_checked(path: str, max_pixels: int = 0) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """``(image, None)`` for a readable image file, ``(None, why)`` for another: it is decoded whole,
-    and a PNG's CRCs checked."""
+    and a PNG's CRCs checked. With ``max_pixels``, an image of more pixels is refused from its
+    header, before it costs the memory and time of decoding."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
+        if max_pixels:
+            try:
+                with Image.open(io.BytesIO(data)) as header:
+                    width, height = header.size
+            except Exception:  # noqa: BLE001 -- decode_bgr below says why it is not an image
+                width = height = 0
+            if width * height > max_pixels:
+                return None, (f"{path}: {width}x{height} is {width * height:,} pixels, over --max_pixels "
+                              f"{max_pixels:,}")
         image = decode_bgr(data, path)  # the whole image, as the pipeline will read it
     except ValueError as err:
         return None, str(err)
@@ -467,8 +486,10 @@ def _read_checked(path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
 MAX_KEPT_BYTES = 256 * 1024 * 1024
 
 
-def check_images(paths: Sequence[str], workers: int = 4, keep_bytes: int = 0) -> Optional[List[np.ndarray]]:
-    """Raise ValueError naming the first unreadable image (all files are checked, in parallel).
+def check_images(paths: Sequence[str], workers: int = 4, keep_bytes: int = 0,
+                 max_pixels: int = 0) -> Optional[List[np.ndarray]]:
+    """Raise ValueError naming the first unreadable image, or one over ``max_pixels`` if given (all
+    files are checked, in parallel).
 
     With ``keep_bytes``, also return the decoded images (BGR, as :func:`load_bgr` reads them) when
     together they take at most that many bytes; None when they take more, or without it.
@@ -476,7 +497,7 @@ def check_images(paths: Sequence[str], workers: int = 4, keep_bytes: int = 0) ->
     kept: Optional[List[np.ndarray]] = [] if keep_bytes > 0 else None
     size = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for image, problem in pool.map(_read_checked, paths, chunksize=256):
+        for image, problem in pool.map(lambda path: _read_checked(path, max_pixels), paths, chunksize=256):
             if problem:
                 raise ValueError(problem)
             if kept is not None:
@@ -786,7 +807,7 @@ def create_dataset(dataset_path: Optional[str], cfg, spec: Optional[CaptchaSpec]
     samples = list_samples(dataset_path, spec)
     # A training run reads a small folder once per epoch: the check's decoded images are kept for it.
     images = check_images([path for path, _ in samples], workers=max(workers, 4),
-                          keep_bytes=MAX_KEPT_BYTES if training else 0)
+                          keep_bytes=MAX_KEPT_BYTES if training else 0, max_pixels=cfg.max_pixels)
     source = CaptchaSource(samples, spec, images)
     per_shard = len(samples) // num_shards
     if training and cfg.synthetic_images:
@@ -858,7 +879,7 @@ def create_predict_dataset(paths: Sequence[str], cfg, spec: CaptchaSpec):
     if not paths:
         raise ValueError("no images to predict")
     workers = num_workers(cfg)
-    check_images(paths, workers=max(workers, 4))
+    check_images(paths, workers=max(workers, 4), max_pixels=cfg.max_pixels)
     return _pipeline(_ImageOnlySource(paths), ["image", "index"], spec, cfg.batch_size, workers,
                      drop_remainder=False, shuffle=False)
 

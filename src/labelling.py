@@ -13,8 +13,9 @@ import math
 import os
 import secrets
 import stat
+import sys
 import threading
-from typing import Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from src.captcha_spec import CaptchaSpec
 from src.dataset import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsFile, check_tsv_name,
@@ -31,16 +32,22 @@ class LabelStore:
 
     ``labels.tsv`` may be absent, a complete one (as train.py reads), predict.py's output (its
     reads count as labels) or one this class wrote. The file on disk is the truth: when another
-    writer changed it, every call reads it again first.
+    writer changed it, every call reads it again first. A line naming an image that was moved
+    away is kept as written and reported once through ``report`` (its label is not lost, and
+    saves of the other images go on); :meth:`missing` lists those lines.
     """
 
-    def __init__(self, folder: str, spec: CaptchaSpec) -> None:
+    def __init__(self, folder: str, spec: CaptchaSpec,
+                 report: Optional[Callable[[str], None]] = None) -> None:
         """Lists ``folder``'s images and reads its ``labels.tsv``; ValueError, one line naming the
         file (and line), for a folder without images, an image name no ``labels.tsv`` line can
-        hold, or a damaged ``labels.tsv``."""
+        hold, or a damaged ``labels.tsv``. ``report`` receives each new problem line (default: stderr)."""
         self.folder = folder
         self.spec = spec
         self.path = os.path.join(folder, LABELS_FILE)
+        self._report = report or (lambda line: print(f"labelling: {line}", file=sys.stderr, flush=True))
+        self._reported: Set[str] = set()
+        self._missing: List[str] = []
         self._lock = threading.Lock()
         self._images = [os.path.basename(p) for p in list_image_files(folder)]
         for name in self._images:
@@ -65,13 +72,19 @@ class LabelStore:
     def _load(self) -> None:
         # The signature is taken before reading: a change in between is then seen by the next call.
         signature = self._signature()
+        missing: List[str] = []
         if signature is None:
             labels = LabelsFile(self.path, [], False, {}, False)
         else:
-            labels = read_labels_file(self.folder, self.spec)
-        self._adopt(labels, signature)
+            labels = read_labels_file(self.folder, self.spec, missing)
+        self._adopt(labels, signature, missing)
 
-    def _adopt(self, labels: LabelsFile, signature: Optional[tuple]) -> None:
+    def _adopt(self, labels: LabelsFile, signature: Optional[tuple], missing: List[str]) -> None:
+        for line in missing:
+            if line not in self._reported:
+                self._reported.add(line)
+                self._report(f"{line}; its line is kept, the other images are labelled as usual")
+        self._missing = missing
         self._file = labels
         self._signature_seen = signature
         self._labels: Dict[str, str] = {}
@@ -163,6 +176,12 @@ class LabelStore:
                 raise ValueError(f"{name}: not an image of {self.folder} (not a regular file)")
             return handle.read()
 
+    def missing(self) -> List[str]:
+        """The lines of labels.tsv naming a file the folder no longer holds (``labels.tsv:N: ... does not exist``)."""
+        with self._lock:
+            self._refresh()
+            return list(self._missing)
+
     def counts(self) -> dict:
         """``{"labelled": n, "unreadable": u, "total": N}`` over the folder's images."""
         with self._lock:
@@ -197,8 +216,9 @@ class LabelStore:
                 lines.insert(0, LABELLING_HEADER + newline)
             content = ("\ufeff" if self._file.bom else "") + "".join(lines)
             # Parsed before it is written: what goes to disk is a labels.tsv that reads back.
-            labels = parse_labels_text(self.folder, self.path, content, self.spec)
-            self._adopt(labels, self._write(content))
+            missing: List[str] = []
+            labels = parse_labels_text(self.folder, self.path, content, self.spec, missing)
+            self._adopt(labels, self._write(content), missing)
             return {"saved": True, **self._counts()}
 
     def _write(self, content: str) -> tuple:

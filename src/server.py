@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from src.serving import Batcher, ImageProblem, ServedModel
 
@@ -54,12 +55,26 @@ async def _read_body(request: Request, limit: int, option: str) -> bytes:
         if int(announced) > limit:
             raise RequestProblem(f"request body of {int(announced):,} bytes is over {option} {limit:,}", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestProblem(f"request body is over {option} {limit:,} bytes", 413)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestProblem(f"request body is over {option} {limit:,} bytes", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody reads the answer; it only keeps the traceback out of the log.
+        raise RequestProblem("the client went away before sending the whole body") from None
     return b"".join(chunks)
+
+
+def _parse_json(body: bytes) -> object:
+    """The JSON value of ``body``; RequestProblem (400) if it is not JSON or nests too deep to read."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise RequestProblem("malformed JSON body (nested too deep)") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestProblem(f"malformed JSON body ({err})") from None
 
 
 def _decode_base64(text: object, where: str) -> bytes:
@@ -75,11 +90,24 @@ def _decode_base64(text: object, where: str) -> bytes:
         raise RequestProblem(f"{where} is not valid base64") from None
 
 
+def _boundary(content_type: str) -> str:
+    """The ``boundary`` parameter of a multipart Content-Type ("" if none)."""
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "boundary":
+            return value.strip().strip('"')
+    return ""
+
+
 async def _request_images(request: Request, body: bytes, max_images: int) -> List[tuple]:
     """``(name, bytes)`` of each image of a multipart or JSON request, in order."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     images: List[tuple] = []
     if kind == "multipart/form-data":
+        boundary = _boundary(request.headers.get("content-type", ""))
+        if boundary and f"--{boundary}--".encode("latin-1") not in body:
+            raise RequestProblem("malformed multipart body (cut off: it does not end with the closing boundary)")
+
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
         try:
@@ -94,10 +122,7 @@ async def _request_images(request: Request, body: bytes, max_images: int) -> Lis
                 raise RequestProblem(f"form field image #{len(images) + 1} is text, not a file")
             images.append((f"image #{len(images) + 1} ({value.filename or 'no name'})", await value.read()))
     elif kind == "application/json":
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestProblem(f"malformed JSON body ({err})") from None
+        data = _parse_json(body)
         if not isinstance(data, dict) or set(data) != {"images"} or not isinstance(data["images"], list):
             raise RequestProblem('the JSON body must be {"images": ["<base64>", ...]}')
         if len(data["images"]) > max_images:
@@ -194,13 +219,13 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
                 return _error(401, "missing or wrong token: send the header Authorization: Bearer <token>")
         return await call_next(request)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
         if not os.path.isfile(PAGE):
             raise RequestProblem("the page is not installed (src/web/index.html)", 404)
         return HTMLResponse(open(PAGE, encoding="utf-8").read())
 
-    @app.get("/healthz", summary="Liveness")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
     async def healthz():
         return {"status": "ok"}
 
@@ -246,15 +271,23 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
     def item_problem(err: ValueError) -> RequestProblem:
         return RequestProblem(str(err), 404 if "not an image of" in str(err) else 400)
 
+    def folder_state(call):
+        # A labels.tsv edited by hand into one the store cannot read: the answer names its line.
+        try:
+            return call()
+        except ValueError as err:
+            raise RequestProblem(f"{err}; fix or move labels.tsv, then reload", 409) from None
+
     @app.get("/label/status", summary="Labelling progress")
     async def label_status():
         current = labelling()
-        return {**current.counts(), "folder": current.folder}
+        counts = folder_state(current.counts)
+        return {**counts, "folder": current.folder, "missing": current.missing()}
 
     @app.get("/label/next", summary="The next image to label (least confident first)")
     async def label_next():
         current = labelling()
-        following = current.next()
+        following = folder_state(current.next)
         return following if following is not None else {"file": None, "reading": None, "confidence": None,
                                                         **current.counts()}
 
@@ -281,10 +314,7 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
         if kind != "application/json":
             raise RequestProblem(f"Content-Type must be application/json, got {kind or 'none'!r}", 415)
         body = await _read_body(request, LABEL_BODY_LIMIT, "the label limit of")
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestProblem(f"malformed JSON body ({err})") from None
+        data = _parse_json(body)
         if not isinstance(data, dict) or not isinstance(data.get("file"), str):
             raise RequestProblem('the JSON body must be {"file": "<name>", "label": "<text>"} or '
                                  '{"file": "<name>", "unreadable": true}')

@@ -21,7 +21,7 @@ import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 # The formats predict.py reads (src/dataset.py IMAGE_EXTENSIONS), by Pillow's name for them.
 SERVED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "image/bmp"}
@@ -68,7 +68,12 @@ def check_image_bytes(data: bytes, name: str, max_pixels: int) -> None:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, Image.DecompressionBombError):
             raise ImageProblem(f"{name}: image of too many pixels ({err})", 413) from None
-        raise ImageProblem(f"{name}: not an image (PNG, JPEG, GIF or BMP expected)", 415) from None
+        if "MAX_TEXT_CHUNK" in str(err):
+            raise ImageProblem(f"{name}: a PNG whose text metadata is over Pillow's limit of "
+                               f"{PngImagePlugin.MAX_TEXT_CHUNK:,} bytes; strip its text chunks", 413) from None
+        if isinstance(err, UnidentifiedImageError):
+            raise ImageProblem(f"{name}: not an image (PNG, JPEG, GIF or BMP expected)", 415) from None
+        raise ImageProblem(f"{name}: not a readable image ({' '.join(str(err).split())[:200]})", 415) from None
     if kind not in SERVED_FORMATS:
         raise ImageProblem(f"{name}: {kind} images are not read; send PNG, JPEG, GIF or BMP", 415)
     if width * height > max_pixels:

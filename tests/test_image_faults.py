@@ -324,7 +324,7 @@ def test_an_image_that_goes_bad_after_the_check_is_one_line_naming_it(captchas, 
     shutil.copytree(os.path.dirname(captchas[0]), folder)
     victim = os.path.basename(captchas[1])
     (folder / victim).write_bytes(b"not a png any more")
-    monkeypatch.setattr(src.dataset, "check_images", lambda paths, workers=4: None)
+    monkeypatch.setattr(src.dataset, "check_images", lambda paths, workers=4, max_pixels=0: None)
     status = predict.main(["--checkpoint_path", RELEASED, "--quiet", str(folder)])
     out = capsys.readouterr()
     assert status == 2
@@ -340,3 +340,18 @@ def test_predict_names_a_broken_link_given_on_its_command_line(tmp_path):
     os.symlink(tmp_path / "missing.png", link)
     with pytest.raises(ValueError, match=r"gone\.png: a symbolic link to .*missing\.png, which does not exist"):
         predict.collect_images([str(link)])
+
+
+def test_predict_refuses_an_image_over_the_pixel_limit_from_its_header(captchas, tmp_path):
+    # A small file that decodes to gigabytes: refused before decoding, in one line naming it.
+    huge = tmp_path / "huge.png"
+    Image.new("L", (5000, 1000), 255).save(huge, optimize=True)
+    assert huge.stat().st_size < 100_000
+    proc = run_py([PREDICT, "--checkpoint_path", RELEASED, captchas[0], huge])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert last_error_line(proc) == (f"predict.py: error: {huge}: 5000x1000 is 5,000,000 pixels, over "
+                                     f"--max_pixels 4,000,000")
+    assert proc.stdout == ""
+    # The limit is the server's option, and raising it reads the image.
+    proc = run_py([PREDICT, "--checkpoint_path", RELEASED, "--max_pixels", "6000000", huge])
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{huge}\t"), proc.stderr[-2000:]

@@ -1,17 +1,22 @@
 """serve.py --label_dir over real HTTP: the labelling API, its refusals, and a kill -9 that loses nothing."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import requests
 
-from src.dataset import list_samples
+from src.dataset import LABELLING_HEADER, list_samples
 from tests.conftest import REPO
-from tests.test_serve import DIGITS, Server
+from tests.test_serve import DIGITS, SERVE, Server, free_port
 
 
 @pytest.fixture()
@@ -196,5 +201,98 @@ def test_only_regular_files_inside_the_folder_are_served(folder, tmp_path):
         gone = srv.get(f"/label/image/{name}")
         assert gone.status_code == 404 and name in gone.json()["error"]
         assert srv.get("/healthz").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_a_second_server_on_the_same_folder_is_refused_at_start(folder):
+    # Two servers saving into one labels.tsv overwrite each other's acknowledged labels.
+    target, truth = folder
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        second = subprocess.run([sys.executable, SERVE, "--checkpoint_path", DIGITS, "--label_dir", str(target),
+                                 "--port", str(free_port()), "--quiet"],
+                                env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"--label_dir {target}: in use by another labelling server (pid " \
+            f"{srv.proc.pid})" in lines[0], second.stderr
+        name = sorted(truth)[0]
+        assert srv.post("/label", json={"file": name, "label": truth[name]}).status_code == 200
+    finally:
+        srv.stop()
+    # Once the first has stopped, the folder can be labelled again.
+    again = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        assert again.get("/label/status").json()["labelled"] == 1
+    finally:
+        again.stop()
+
+
+def test_hand_edited_labels_moved_images_and_odd_requests_get_4xx_json(folder, tmp_path):
+    target, truth = folder
+    names = sorted(truth)
+    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    try:
+        # Nested JSON is a 400, not a RecursionError: 100,000 deep at /predict, 30,000 at /label
+        # (whose body limit is 64 KiB).
+        def deep(n: int) -> str:
+            return "[" * n + "]" * n
+        for path, body in [("/predict", '{"images": %s}' % deep(100_000)), ("/label", '{"file": %s}' % deep(30_000))]:
+            answer = srv.post(path, data=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400 and "nested too deep" in answer.json()["error"], answer.text
+
+        # A labels.tsv edited by hand into one the store cannot read: 409 naming the line, on every route.
+        tsv = target / "labels.tsv"
+        tsv.write_text(f"{LABELLING_HEADER}\n{names[0]}\t12A\n", encoding="utf-8")
+        for answer in (srv.get("/label/status"), srv.get("/label/next")):
+            assert answer.status_code == 409, answer.text
+            assert "labels.tsv:2:" in answer.json()["error"] and "'A'" in answer.json()["error"]
+        tsv.write_text(f"{LABELLING_HEADER}\n{names[0]}\t{truth[names[0]]}\n{names[1]}\t{truth[names[1]]}\n",
+                       encoding="utf-8")
+        assert srv.get("/label/status").json()["labelled"] == 2
+
+        # A labelled image moved away: saves of the others go on, its line is kept, it is reported once.
+        os.replace(target / names[0], tmp_path / names[0])
+        for name in names[2:5]:
+            answer = srv.post("/label", json={"file": name, "label": truth[name]})
+            assert answer.status_code == 200, answer.text
+        status = srv.get("/label/status").json()
+        assert len(status["missing"]) == 1 and f"labels.tsv:2: {names[0]} does not exist" in status["missing"][0]
+        assert f"{names[0]}\t{truth[names[0]]}" in tsv.read_text(encoding="utf-8")
+        os.replace(tmp_path / names[0], target / names[0])
+        assert saved(target) == {n: truth[n] for n in names[:5]}
+
+        # A PNG whose text chunk is over Pillow's limit is named as such.
+        from PIL import Image, PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+        big = io.BytesIO()
+        Image.new("RGB", (160, 64), "white").save(big, "PNG", pnginfo=info)
+        answer = srv.post("/predict", files=[("image", ("big.png", big.getvalue(), "image/png"))])
+        assert answer.status_code == 413 and "text metadata is over Pillow's limit" in answer.json()["error"]
+
+        # A multipart body cut off before its closing boundary is malformed, not "no images".
+        whole = (target / names[3]).read_bytes()
+        body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" + whole[:200])
+        answer = srv.post("/predict", data=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+        assert answer.status_code == 400 and "cut off" in answer.json()["error"], answer.text
+
+        # HEAD on the page and on /healthz, as monitors send it.
+        for path in ("/", "/healthz"):
+            assert requests.head(srv.url + path, timeout=30).status_code == 200
+
+        # A client that goes away in the middle of its body leaves no traceback in the log.
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n{\"images\": [")
+            time.sleep(0.5)
+        time.sleep(0.5)
+        assert srv.get("/healthz").json() == {"status": "ok"}
+        srv.proc.send_signal(signal.SIGTERM)
+        log = srv.proc.communicate(timeout=60)[1]
+        assert "Traceback" not in log and "labels.tsv:2:" in log and log.count("does not exist") == 1, log
     finally:
         srv.stop()

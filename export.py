@@ -80,6 +80,18 @@ def _resize_step(spec) -> str:
             "interpolation if the image has another size")
 
 
+# What src.dataset.decode_bgr does to a file before the pixels are scaled: a reader that follows the
+# JSON must do the same, or it reads rotated, 16-bit and transparent images differently.
+DECODE_STEPS = {
+    "exif_orientation": "apply the EXIF Orientation tag (0x0112) if present: rotate/flip so the image is upright",
+    "high_bit_depth": "integer grey values v in 0-65535 (16-bit, or 32-bit in that range) become (v + 128) // 257; "
+                      "float grey values become round(v * 255) when none is above 1, else round(v), and must lie "
+                      "in 0-255; the grey value is then used for all three channels",
+    "transparency": "composite the RGBA image (palette and grey converted to RGBA first) over an opaque white "
+                    "background, then drop the alpha channel",
+}
+
+
 def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, object]:
     """What a user without MindSpore needs to run an exported model (``net``) and read its output."""
     sequence_length = net.sequence_length
@@ -98,10 +110,16 @@ def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, ob
             "dtype": "float32",
             "layout": "NCHW",
             "channel_order": "BGR",
-            "preprocess": ["load as RGB (first frame of a GIF), then reverse the channels to BGR",
+            "preprocess": ["decode the file (of an animation, its first frame)",
+                           "apply its EXIF orientation, as image viewers do (decode.exif_orientation)",
+                           "16-bit, 32-bit integer and float grey pixels to 8 bits (decode.high_bit_depth)",
+                           "an image with transparency (an alpha channel, or a transparent colour) composited "
+                           "over opaque white (decode.transparency)",
+                           "any other mode (grey, palette, CMYK) converted to RGB, then the channels reversed to BGR",
                            "x = x * rescale", normalize_step,
                            _resize_step(spec),
                            "HWC -> CHW, stack the batch"],
+            "decode": DECODE_STEPS,
             "rescale": 1.0 / 255.0,
             "normalization": spec.normalization,
             **norm,
@@ -111,10 +129,13 @@ def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, ob
         "output": {
             "shape": [sequence_length, batch_size, spec.num_classes],
             "layout": "TBC: one row of class scores (logits) per CTC step (the network's sequence_length), per image",
-            "decoding": "greedy CTC: argmax over classes at each step, merge repeated classes, drop blank_index; "
-                        "class i < blank_index is charset[i]" + ("; then the text in lower case (ignore_case)"
-                                                                 if spec.ignore_case else ""),
+            "decoding": ("greedy CTC: " + ("set the scores of classes whose character is not in read_charset "
+                                           "to -inf (blank_index stays), then " if spec.read_charset else "")
+                         + "argmax over classes at each step, merge repeated classes, drop blank_index; "
+                           "class i < blank_index is charset[i]"
+                         + ("; then the text in lower case (ignore_case)" if spec.ignore_case else "")),
             "ignore_case": spec.ignore_case,
+            "read_charset": spec.read_charset,
         },
     }
 

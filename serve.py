@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
     parser.add_argument("--quiet", action="store_true", help="no start-up lines on stderr")
-    return add_config_arguments(parser, names=SERVE_FIELDS + ("max_pixels",))
+    return add_config_arguments(parser, names=SERVE_FIELDS + ("max_pixels", "ignore_case", "read_charset"))
 
 
 def parse_models(values: Sequence[str]) -> List[Tuple[str, str]]:
@@ -136,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         set_up(args.platform, device_id=args.device_id)
         models = {}
-        # Only a reading option (--ignore_case) may differ from a checkpoint's own record.
+        # Only a reading option (--ignore_case, --read_charset) may differ from a checkpoint's own record.
         reading = [name for name in explicit_overrides(args) if name in READING_FIELDS]
         for name, path in checkpoints:
             models[name] = ServedModel(name, path, cfg, args.platform, given=reading)

@@ -300,8 +300,13 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     start = time.time()
     model.train(epochs, dataset, callbacks=callbacks,
                 dataset_sink_mode=sink, initial_epoch=start_step // steps_per_epoch)
-    saved = (f"checkpoints in {os.path.abspath(folder)}" if cfg.save_checkpoint
-             else "no checkpoints saved (--save_checkpoint false)")
+    if not cfg.save_checkpoint:
+        saved = "no checkpoints saved (--save_checkpoint false)"
+    elif state.checkpoints is not None and state.checkpoints.last_path:
+        # The file a user reads or adapts from next: named in full, as the README's next step uses it.
+        saved = f"last checkpoint {os.path.abspath(state.checkpoints.last_path)}"
+    else:
+        saved = f"checkpoints in {os.path.abspath(folder)}"
     print(f"training finished in {time.time() - start:.1f} s; {saved}", flush=True)
     return 0
 

@@ -89,17 +89,21 @@ def render_set(name: str, folder: str, count: int) -> List[Tuple[str, str]]:
     return samples
 
 
-def read_ours(paths: List[str], checkpoint: str) -> List[str]:
+def read_ours(paths: List[str], checkpoint: str, alphabet: str = "") -> List[str]:
+    """The checkpoint's reading of each image, as predict.py's; given ``alphabet``, with --read_charset it."""
     from predict import predict
     from src.config import Config
 
-    return [result.text for result in predict(paths, checkpoint, Config(), quiet=True)]
+    given = ("read_charset",) if alphabet else ()
+    return [result.text for result in predict(paths, checkpoint, Config(read_charset=alphabet), given=given,
+                                              quiet=True)]
 
 
-def read_ddddocr(paths: List[str], python: str) -> List[str]:
-    """ddddocr's reading of each image, run in its own interpreter (its own virtual environment)."""
-    proc = subprocess.run([python, os.path.join(REPO, "bench", "ddddocr_read.py")], input="\n".join(paths),
-                          capture_output=True, text=True)
+def read_ddddocr(paths: List[str], python: str, alphabet: str = "") -> List[str]:
+    """ddddocr's reading of each image, run in its own interpreter (its own virtual environment); given
+    ``alphabet``, restricted to it before decoding."""
+    proc = subprocess.run([python, os.path.join(REPO, "bench", "ddddocr_read.py"), *([alphabet] if alphabet else [])],
+                          input="\n".join(paths), capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"ddddocr_read.py failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout)
@@ -120,6 +124,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names (default: all)")
     parser.add_argument("--work_dir", help="keep the rendered sets here (default: a temporary folder)")
     parser.add_argument("--json_out", help="also append one JSON line per set to this file")
+    parser.add_argument("--told_alphabet", action="store_true",
+                        help="tell both readers each set's alphabet: ours by --read_charset, ddddocr by masking its "
+                             "classes to it before decoding (what a user who knows the captcha's characters does)")
     args = parser.parse_args(argv)
     try:
         names = [n.strip() for n in args.sets.split(",") if n.strip()]
@@ -133,19 +140,23 @@ def main(argv=None) -> int:
         if args.ddddocr_python and not os.access(args.ddddocr_python, os.X_OK):
             raise ValueError(f"--ddddocr_python {args.ddddocr_python}: not an executable")
         work = args.work_dir or tempfile.mkdtemp(prefix="bench_universal_")
-        print(f"cpu: {cpu_model()}\ncheckpoint: {args.checkpoint_path}\n{args.count} captchas per set", flush=True)
+        told = "each set's alphabet told to both readers" if args.told_alphabet else "no alphabet told (zero-shot)"
+        print(f"cpu: {cpu_model()}\ncheckpoint: {args.checkpoint_path}\n{args.count} captchas per set; {told}",
+              flush=True)
         print(f"{'set':16} {'ours exact':>10} {'ours folded':>11} {'ddddocr exact':>13} {'ddddocr folded':>14}")
         for name in names:
             samples = render_set(name, os.path.join(work, name), args.count)
             paths, labels = [p for p, _ in samples], [label for _, label in samples]
             started = time.time()
-            ours = scores(read_ours(paths, args.checkpoint_path), labels)
-            row = {"set": name, "count": len(labels), "ours_exact": ours[0], "ours_folded": ours[1],
+            alphabet = SETS[name].charset if args.told_alphabet else ""
+            ours = scores(read_ours(paths, args.checkpoint_path, alphabet), labels)
+            row = {"set": name, "count": len(labels), "told_alphabet": args.told_alphabet,
+                   "ours_exact": ours[0], "ours_folded": ours[1],
                    "ours_s": round(time.time() - started, 1)}
             theirs = ("", "")
             if args.ddddocr_python:
                 started = time.time()
-                exact, folded = scores(read_ddddocr(paths, args.ddddocr_python), labels)
+                exact, folded = scores(read_ddddocr(paths, args.ddddocr_python, alphabet), labels)
                 row.update(ddddocr_exact=exact, ddddocr_folded=folded, ddddocr_s=round(time.time() - started, 1))
                 theirs = (f"{exact:.1%}", f"{folded:.1%}")
             print(f"{name:16} {ours[0]:>10.1%} {ours[1]:>11.1%} {theirs[0]:>13} {theirs[1]:>14}", flush=True)

@@ -42,7 +42,9 @@ class CaptchaSpec:
     """What a model reads: ``charset`` (distinct characters), labels of 1..``max_length`` of them,
     images ``width`` x ``height`` pixels, normalised by ``normalization`` (see NORMALIZATIONS). With
     ``ignore_case``, texts (read and labelled) are compared and given in lower case: for captchas whose
-    case means nothing, read by a model that tells the cases apart."""
+    case means nothing, read by a model that tells the cases apart. With ``read_charset`` (a subset of
+    ``charset``), only those characters are read: the scores of the others are dropped before decoding,
+    for captchas of a smaller alphabet than the model's."""
 
     charset: str = DIGITS
     max_length: int = 4
@@ -51,6 +53,7 @@ class CaptchaSpec:
     normalization: str = NORMALIZATIONS[0]
     resize: str = RESIZES[0]
     ignore_case: bool = False
+    read_charset: str = ""
 
     def __post_init__(self):
         # A spec may come from a file (a checkpoint's JSON): a wrong type must fail here, naming the
@@ -78,6 +81,10 @@ class CaptchaSpec:
             raise ValueError(f"--normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
         if self.resize not in RESIZES:
             raise ValueError(f"--resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        foreign = sorted(set(self.read_charset) - set(self.charset))
+        if foreign:
+            raise ValueError(f"--read_charset {self.read_charset!r} holds {''.join(foreign)!r}, which the model's "
+                             f"alphabet {self.charset!r} does not")
 
     @classmethod
     def from_config(cls, cfg) -> "CaptchaSpec":
@@ -87,13 +94,13 @@ class CaptchaSpec:
         """
         return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
                    height=cfg.captcha_height, normalization=cfg.normalization, resize=cfg.resize,
-                   ignore_case=cfg.ignore_case)
+                   ignore_case=cfg.ignore_case, read_charset=cfg.read_charset)
 
     def config_values(self) -> Dict[str, object]:
         """The :class:`src.config.Config` fields this spec is made of (the inverse of :meth:`from_config`)."""
         return {"charset": self.charset, "max_captcha_digits": self.max_length, "captcha_width": self.width,
                 "captcha_height": self.height, "normalization": self.normalization, "resize": self.resize,
-                "ignore_case": self.ignore_case}
+                "ignore_case": self.ignore_case, "read_charset": self.read_charset}
 
     # -- the network's view ----------------------------------------------------------------------
     @property
@@ -158,6 +165,11 @@ class CaptchaSpec:
         if logits.ndim != 3 or logits.shape[-1] != self.num_classes:
             raise ValueError(f"logits of shape {logits.shape} do not fit {self.num_classes} classes "
                              "(expected (T, B, C))")
+        if self.read_charset:
+            # Dropped classes can be neither the argmax nor part of the text's probability.
+            dropped = np.ones(self.num_classes, dtype=bool)
+            dropped[[self._index[c] for c in self.read_charset] + [self.blank]] = False
+            logits = np.where(dropped, -np.inf, logits)
         best = logits.argmax(axis=-1).T                                   # (B, T)
         keep = np.ones_like(best, dtype=bool)
         keep[:, 1:] = best[:, 1:] != best[:, :-1]
@@ -173,8 +185,9 @@ class CaptchaSpec:
         data = asdict(self)
         if data["resize"] == RESIZES[0]:
             del data["resize"]      # a stretching spec is stored as before the option existed
-        if not data["ignore_case"]:
-            del data["ignore_case"]
+        for reading in ("ignore_case", "read_charset"):
+            if not data[reading]:
+                del data[reading]
         return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -185,7 +198,8 @@ class CaptchaSpec:
             data = json.loads(text)
             return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")},
                        normalization=data.get("normalization", NORMALIZATIONS[0]),
-                       resize=data.get("resize", RESIZES[0]), ignore_case=data.get("ignore_case", False))
+                       resize=data.get("resize", RESIZES[0]), ignore_case=data.get("ignore_case", False),
+                       read_charset=data.get("read_charset", ""))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: damaged captcha spec ({err})") from None
 
@@ -196,6 +210,8 @@ class CaptchaSpec:
             text += ", any size fitted with its aspect kept"
         if self.ignore_case:
             text += ", case ignored"
+        if self.read_charset:
+            text += f", reading only {self.read_charset!r}"
         return text if self.normalization == NORMALIZATIONS[0] else f"{text}, {self.normalization} normalisation"
 
 
@@ -238,4 +254,4 @@ def ctc_log_likelihood(log_probs: np.ndarray, labels: Sequence[Sequence[int]], b
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}
 _FIELD_TYPES = {"charset": str, "max_length": int, "width": int, "height": int, "normalization": str,
-                "resize": str, "ignore_case": bool}
+                "resize": str, "ignore_case": bool, "read_charset": str}

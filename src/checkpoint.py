@@ -304,12 +304,13 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
         stored["normalization"] = CaptchaSpec().normalization      # the only one there was
         stored["resize"] = CaptchaSpec().resize
         stored["ignore_case"] = CaptchaSpec().ignore_case
+        stored["read_charset"] = CaptchaSpec().read_charset
     return stored
 
 
 # Spec fields that say how texts are read, not what the network was trained on: an explicit option wins
 # over the checkpoint's value instead of contradicting it.
-READING_FIELDS = ("ignore_case",)
+READING_FIELDS = ("ignore_case", "read_charset")
 
 
 def _model_conflict(stored: Mapping[str, object], cfg, given: Iterable[str], explicit: bool = True) -> str:

@@ -76,6 +76,10 @@ class Config:
     ignore_case: bool = field(default=False, metadata={
         "help": "the captchas' case means nothing: texts are read, compared and written in lower case; a "
                 "checkpoint records it, and eval, predict and serve may set it either way for any checkpoint"})
+    read_charset: str = field(default="", metadata={
+        "help": "read only these characters of the model's alphabet (e.g. 0123456789 for digit captchas read by "
+                "crnn_universal.ckpt): the others are never output; empty: all. Like --ignore_case, eval, predict "
+                "and serve may set it for any checkpoint"})
     # The network (src/network.py): the original, or the convolutional family; checkpoints record which.
     # The crnn defaults are the screen's best crnn per CPU-minute (docs/networks.md, "The screen").
     network: str = field(default="warpctc", metadata={
@@ -319,7 +323,8 @@ def validate(cfg: Config) -> Config:
     :class:`CaptchaSpec`, the network's (and the CTC steps it needs) by ``src.network``, the style
     fields by building their :class:`RenderStyle`: each owns its rules.
     """
-    check_architecture(cfg, CaptchaSpec.from_config(cfg))
+    # --read_charset is checked against the model's alphabet, which a checkpoint may set later.
+    check_architecture(cfg, CaptchaSpec.from_config(dataclasses.replace(cfg, read_charset="")))
     RenderStyle.from_config(cfg)
     positive = ("batch_size", "epoch_size", "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
     for name in positive:

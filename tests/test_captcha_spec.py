@@ -14,6 +14,7 @@ from conftest import REPO, run_py
 
 ALNUM = string.digits + string.ascii_uppercase
 MIXED = string.digits + string.ascii_uppercase + string.ascii_lowercase
+DIGITS = string.digits
 
 
 def one_hot_path(spec, path):
@@ -90,6 +91,46 @@ def test_predict_and_eval_may_ignore_case_on_any_checkpoint(tmp_path):
                       + extra).stdout for extra in ([], ["--ignore_case", "true"])]
     assert [r.splitlines()[0] for r in results][0] == [r.splitlines()[0] for r in results][1]
     assert "result: {'WarpCTCAccuracy'" in results[1]
+
+
+def test_read_charset_reads_only_its_characters_with_their_renormalised_probability():
+    # Step scores where "O" beats "0" and "A" beats "4": told the captcha holds digits, the reader
+    # takes the best digit at each step, and the text's probability is over digits and blank alone.
+    spec = CaptchaSpec(charset=MIXED, read_charset=DIGITS)
+    rows = np.full((3, spec.num_classes), -5.0)
+    for step, (first, second) in enumerate([("O", "0"), (None, None), ("A", "4")]):
+        if first is None:
+            rows[step, spec.blank] = 5.0
+        else:
+            rows[step, spec.charset.index(first)], rows[step, spec.charset.index(second)] = 5.0, 4.0
+    logits = rows[:, None, :]
+    assert CaptchaSpec(charset=MIXED).greedy_decode(logits) == ["OA"]
+    [(text, confidence)] = spec.greedy_decode_with_confidence(logits)
+    kept = [spec.charset.index(c) for c in DIGITS] + [spec.blank]
+    only = CaptchaSpec(charset=DIGITS).greedy_decode_with_confidence(rows[:, kept][:, None, :])
+    assert text == "04" and confidence == pytest.approx(only[0][1])
+    assert CaptchaSpec.from_json(spec.to_json()) == spec
+    assert "read_charset" not in json.loads(CaptchaSpec(charset=MIXED).to_json())
+    assert "reading only '0123456789'" in spec.describe()
+    with pytest.raises(ValueError, match=r"--read_charset '0a#' holds '#', which the model's alphabet"):
+        CaptchaSpec(charset=MIXED, read_charset="0a#")
+
+
+def test_predict_reads_only_the_read_charset_from_the_universal_base(tmp_path):
+    # The universal base reads 62 characters; told the captchas are digits, predict.py outputs digits
+    # only, and an alphabet the model does not know is one line naming the option.
+    images = tmp_path / "images"
+    process_data.render_split(str(images), 8, progress=False)
+    ckpt = os.path.join(REPO, "pretrained", "crnn_universal.ckpt")
+    proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ckpt, "--quiet", "--read_charset", DIGITS,
+                   images])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    texts = [line.split("\t")[1] for line in proc.stdout.splitlines()]
+    assert len(texts) == 8 and all(text and set(text) <= set(DIGITS) for text in texts), texts
+    proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ckpt, "--read_charset", "0123€", images])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("predict.py: error:")
+    assert "--read_charset '0123€' holds '€'" in proc.stderr, proc.stderr[-2000:]
 
 
 def brute_force_probability(probs, text_classes, blank):

@@ -183,7 +183,8 @@ def test_both_ranks_finish_with_their_own_share_of_steps(cpu_run):
                 f"batch {BATCH}, lr {LR:g}") in log
         assert [(e, s) for e, s, _ in logged_losses(run_dir / "logs" / f"worker_{rank}.log")] == \
             [(e, s) for e in range(1, EPOCHS + 1) for s in range(1, STEPS + 1)]
-        assert f"checkpoints in {run_dir / 'checkpoint' / f'rank_{rank}'}" in log
+        # Each rank names its last checkpoint in full, as the README's next step uses it.
+        assert f"last checkpoint {run_dir / 'checkpoint' / f'rank_{rank}' / f'warpctc-{EPOCHS}_{STEPS}.ckpt'}" in log
         assert [step for step, _ in rank_checkpoints(run_dir, rank)] == list(range(1, EPOCHS * STEPS + 1))
     step_ms = [float(v) for v in STEP_TIME.findall((run_dir / "logs" / "worker_0.log").read_text())]
     print(f"\n2-rank CPU run: {seconds:.1f} s wall in all; per-step time by epoch (ms): {step_ms}")

@@ -357,3 +357,74 @@ def test_run_eval_script_checks_arguments_and_passes_status(data_root, ckpt, tmp
     proc = run_bash([os.path.join(REPO, "scripts", "run_eval.sh"), data_root / "test", ckpt, "CPU",
                      "--hidden_size", "48"], env=env)
     assert proc.returncode == 2 and "conflicts with the checkpoint's 32" in proc.stdout
+
+
+def test_onnx_json_states_every_decoding_step_predict_applies(subset, tmp_path):
+    """16-bit, EXIF-rotated and transparent images read by a user who follows only the JSON."""
+    import json
+
+    from PIL import ImageOps
+
+    ort = pytest.importorskip("onnxruntime")
+    paths = sorted(os.path.join(subset, n) for n in os.listdir(subset) if n.endswith(".png"))[:6]
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    truth = {}
+    for number, path in enumerate(paths):
+        truth[f"{number}-{('16bit', 'exif', 'alpha')[number % 3]}.png"] = label_of(path)
+        with Image.open(path) as handle:
+            rgb = handle.convert("RGB")
+        if number % 3 == 0:     # 16-bit grey: Pillow's plain RGB conversion clips it to white
+            grey = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+            Image.fromarray(grey).save(odd / f"{number}-16bit.png")
+        elif number % 3 == 1:   # stored on its side, upright by its EXIF orientation (6: rotate 90 clockwise)
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            rgb.transpose(Image.Transpose.ROTATE_90).save(odd / f"{number}-exif.png", exif=exif)
+        else:                   # the background transparent, black under it
+            pixels = np.asarray(rgb)
+            alpha = np.where(pixels.min(axis=2) > 200, 0, 255).astype(np.uint8)
+            rgba = np.dstack([np.where(alpha[..., None] == 0, 0, pixels), alpha]).astype(np.uint8)
+            Image.fromarray(rgba, "RGBA").save(odd / f"{number}-alpha.png")
+    files = sorted(str(odd / n) for n in os.listdir(odd))
+    proc = run_py([EXPORT, "--checkpoint_path", RELEASED, "--file_name", tmp_path / "model", "--file_format", "ONNX",
+                   "--export_batch_size", "1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "model.onnx.json").read_text(encoding="utf-8"))
+    steps = info["input"]["decode"]
+    assert set(steps) == {"exif_orientation", "high_bit_depth", "transparency"}
+    _, _, height, width = info["input"]["shape"]
+    mean, std = np.array(info["input"]["mean"]), np.array(info["input"]["std"])
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+
+    def read(image):
+        bgr = np.asarray(image, dtype=np.float64)[:, :, ::-1]
+        x = bilinear((bgr * info["input"]["rescale"] - mean) / std, height, width).transpose(2, 0, 1)
+        (out,) = session.run(None, {session.get_inputs()[0].name: x[None].astype(np.float32)})
+        seq = out[:, 0].argmax(-1)
+        return "".join(info["charset"][c] for i, c in enumerate(seq)
+                       if c != info["blank_index"] and (i == 0 or c != seq[i - 1]))
+
+    def as_the_json_says(path):
+        with Image.open(path) as handle:
+            image = ImageOps.exif_transpose(handle)                       # exif_orientation
+            if image.mode.startswith("I"):                                # high_bit_depth
+                grey = (np.asarray(image, dtype=np.uint32) + 128) // 257
+                return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:   # transparency
+                rgba = image.convert("RGBA")
+                return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+            return image.convert("RGB")
+
+    def naively(path):
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+
+    proc = run_py([PREDICT, "--checkpoint_path", RELEASED, odd, "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = [text for _, text, _ in read_predict_output(proc.stdout)]
+    assert [read(as_the_json_says(path)) for path in files] == expected
+    assert sum(text == truth[os.path.basename(path)] for text, path in zip(expected, files)) >= 5  # it reads
+    # Each kind of image needs its step: without them, a reader gets other texts.
+    for kind in ("16bit", "exif", "alpha"):
+        assert any(read(naively(path)) != text for path, text in zip(files, expected) if kind in path), kind

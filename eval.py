@@ -12,7 +12,7 @@ import time
 from typing import Optional, Sequence
 
 from src.cli import report_error, write_stdout
-from src.config import add_config_arguments, config_from_args, explicit_overrides
+from src.config import INFERENCE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return add_config_arguments(parser)
+    return add_config_arguments(parser, INFERENCE_FIELDS)
 
 
 def _progress_callback(progress):

@@ -25,7 +25,7 @@ import tempfile
 from typing import Dict, Optional, Sequence
 
 from src.cli import report_error
-from src.config import add_config_arguments, config_from_args, explicit_overrides
+from src.config import INFERENCE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
 from src.runtime import PLATFORMS
 
 FORMATS = ("MINDIR", "AIR", "ONNX", "CKPT")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export_batch_size", type=int, default=1,
                         help=f"fixed batch size of the exported graph, 1 to {MAX_EXPORT_BATCH} (default: 1)")
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
-    return add_config_arguments(parser)
+    return add_config_arguments(parser, INFERENCE_FIELDS)
 
 
 def output_path(file_name: str, file_format: str) -> str:

@@ -14,7 +14,8 @@ import argparse
 import os
 import socket
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+import threading
+from typing import List, Optional, Sequence, Tuple
 
 from src.cli import report_error
 from src.config import SERVE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
@@ -85,33 +86,39 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-def label_readings(store, model, max_pixels: int) -> Dict[str, Tuple[str, float]]:
-    """The model's reading of every image of the labelling folder still to label, in batches; an image
-    over ``max_pixels`` (--max_pixels, as for /predict) or unreadable is shown without one."""
+def read_pending(store, model, batcher, max_pixels: int) -> None:
+    """The model's reading of every image of the labelling folder still to label, added to ``store`` one
+    batch at a time, through ``batcher`` (so a /predict request waits for one batch at most). Run in
+    the background: the page is up at once, however large the folder. An image over ``max_pixels``
+    (--max_pixels, as for /predict) or unreadable is shown without a reading."""
     import numpy as np
 
-    readings: Dict[str, Tuple[str, float]] = {}
     names, arrays = [], []
 
     def flush() -> None:
-        for name, result in zip(names, model.read(np.stack(arrays))):
-            readings[name] = result
+        results = [future.result() for future in batcher.submit(model, arrays)]
+        store.add_readings(dict(zip(names, results)))
         names.clear()
         arrays.clear()
 
-    for name in store.pending():
-        try:
-            arrays.append(model.prepare(store.image_bytes(name), name, max_pixels))
-        except (OSError, ValueError) as err:
-            print(f"serve.py: {name}: cannot be read by the model ({err}); shown without a reading",
-                  file=sys.stderr)
-            continue
-        names.append(name)
-        if len(names) == model.sizes[-1]:
+    try:
+        for name in store.pending():
+            try:
+                arrays.append(model.prepare(store.image_bytes(name), name, max_pixels))
+            except (OSError, ValueError) as err:
+                print(f"serve.py: {name}: cannot be read by the model ({err}); shown without a reading",
+                      file=sys.stderr, flush=True)
+                continue
+            names.append(name)
+            if len(names) == model.sizes[-1]:
+                flush()
+        if names:
             flush()
-    if names:
-        flush()
-    return readings
+    except Exception as err:  # noqa: BLE001 -- the page still works, without the readings not yet made
+        print(f"serve.py: reading the labelling folder stopped ({type(err).__name__}: {err}); the images not yet "
+              f"read are shown without a reading", file=sys.stderr, flush=True)
+    finally:
+        store.finish_readings()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -146,9 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             default = next(iter(models.values()))
             store = LabelStore(args.label_dir, default.spec)
-            store.set_readings(label_readings(store, default, cfg.max_pixels))
         listener = bind(cfg.host, cfg.port)
         batcher = Batcher(cfg.max_batch, cfg.max_wait_ms)
+        if store is not None:
+            threading.Thread(target=read_pending, args=(store, default, batcher, cfg.max_pixels),
+                             name="label-reader", daemon=True).start()
         app = create_app(models, cfg, batcher, token=token, store=store)
     except ValueError as err:
         return report_error("serve.py", err)
@@ -159,8 +168,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             counts = store.counts()
             print(f"serve.py: labelling {args.label_dir}: {counts['labelled']} of {counts['total']} labelled",
                   file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                           access_log=False))
+    from src.http_guard import guarded_protocol
+
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                                           http=guarded_protocol(cfg.header_timeout, cfg.max_connections),
+                                           timeout_keep_alive=5))
     try:
         server.run(sockets=[listener])
     finally:

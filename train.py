@@ -111,7 +111,8 @@ def check_run_length(cfg: Config, steps_per_epoch: int, dataset_path: Optional[s
                          "the run sooner with --train_steps")
 
 
-def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int, spec):
+def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int, spec,
+                   total_steps: int):
     """The LearningCurve callback with its held-out batches loaded once, in memory (nothing written yet)."""
     from src.callbacks import LearningCurve
     from src.dataset import load_batches
@@ -120,8 +121,14 @@ def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr
         raise ValueError("--eval_every must be positive and --eval_images >= 0")
     batches, count = load_batches(args.eval_dataset_path, cfg, spec, limit=args.eval_images, platform=info.platform)
     csv_path = _curve_csv(args, cfg, info)
-    print(f"learning curve: {count} images of {args.eval_dataset_path} every {args.eval_every} steps -> {csv_path}",
-          flush=True)
+    points = [step for step in range(start_step + 1, total_steps + 1) if step % args.eval_every == 0]
+    if not points or points[-1] != total_steps:
+        points.append(total_steps)
+    if len(points) == 1:
+        when = (f"at the end only (step {total_steps:,}): the run is shorter than --eval_every {args.eval_every}")
+    else:
+        when = f"every {args.eval_every} steps and at the end ({len(points)} points, the last at step {total_steps:,})"
+    print(f"learning curve: {count} images of {args.eval_dataset_path} {when} -> {csv_path}", flush=True)
     return LearningCurve(net, batches, args.eval_every, csv_path, lr, spec, start_step)
 
 
@@ -276,7 +283,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
           flush=True)
     curve = None
     if args.eval_dataset_path and info.rank == 0:
-        curve = learning_curve(args, cfg, info, net, lr, start_step, spec)
+        curve = learning_curve(args, cfg, info, net, lr, start_step, spec, total_steps)
     # Everything above only read; from here on the run writes. One run per folder: a second
     # one would interleave its files with this one's.
     folder = _checkpoint_dir(cfg, info)

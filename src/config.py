@@ -165,6 +165,10 @@ class Config:
         "help": "serve.py waits at most this long for more images to join a batch"})
     max_images: int = field(default=64, metadata={"help": "serve.py accepts at most this many images per request"})
     max_bytes: int = field(default=8 * 1024 * 1024, metadata={"help": "serve.py refuses request bodies over this size (413)"})
+    header_timeout: float = field(default=10.0, metadata={
+        "help": "serve.py closes a connection whose request headers are not all in within this many seconds (408)"})
+    max_connections: int = field(default=500, metadata={
+        "help": "serve.py answers 503 and closes any connection beyond this many open at once"})
     onnx_cache: str = field(default="~/.cache/warpctc/onnx", metadata={
         "help": "serve.py --backend onnxruntime keeps its ONNX exports here, by checkpoint SHA-256 and batch size"})
 
@@ -174,7 +178,17 @@ LR_SCHEDULES = ("step", "cosine")
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 BACKENDS = ("mindspore", "onnxruntime")
 # Offered by serve.py alone: add_config_arguments leaves them out unless asked for.
-SERVE_FIELDS = ("host", "port", "backend", "max_batch", "max_wait_ms", "max_images", "max_bytes", "onnx_cache")
+SERVE_FIELDS = ("host", "port", "backend", "max_batch", "max_wait_ms", "max_images", "max_bytes", "header_timeout",
+                "max_connections", "onnx_cache")
+
+
+# What the reading entry points (eval, predict, export) use: the model's fields (a checkpoint's record
+# decides them; given, they are checked against it), how texts are read, and how images are batched.
+# Their --help offers these alone; a YAML with every key still serves them.
+INFERENCE_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "normalization", "resize",
+                    "ignore_case", "read_charset", "network", "hidden_size", "bidirectional", "crnn_channels",
+                    "crnn_convs_per_stage", "crnn_width_stride", "crnn_batch_norm", "crnn_hidden_size",
+                    "crnn_bidirectional", "batch_size", "num_parallel_workers", "max_pixels")
 
 
 def _str2bool(text: str) -> bool:
@@ -352,7 +366,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     if not 0 < cfg.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {cfg.port}")
-    for name in ("max_batch", "max_images", "max_bytes", "max_pixels"):
+    for name in ("max_batch", "max_images", "max_bytes", "max_pixels", "header_timeout", "max_connections"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
     if cfg.max_wait_ms < 0:

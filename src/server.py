@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from src.serving import Batcher, ImageProblem, ServedModel
@@ -105,16 +106,22 @@ async def _request_images(request: Request, body: bytes, max_images: int) -> Lis
     images: List[tuple] = []
     if kind == "multipart/form-data":
         boundary = _boundary(request.headers.get("content-type", ""))
-        if boundary and f"--{boundary}--".encode("latin-1") not in body:
+        if not boundary:
+            raise RequestProblem("malformed multipart body (its Content-Type names no boundary)")
+        if f"--{boundary}--".encode("latin-1") not in body:
             raise RequestProblem("malformed multipart body (cut off: it does not end with the closing boundary)")
 
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def whole_body():
+            yield body
+
+        parser = MultiPartParser(request.headers, whole_body(), max_files=max_images + 1, max_fields=max_images + 1)
+        # The body is in memory already (under --max_bytes): its files stay there too, never spooled to
+        # a temporary file (Starlette's default above 1 MiB), so nothing a request sends is written.
+        parser.spool_max_size = len(body) + 1
         try:
-            form = await Request(request.scope, receive=replay).form(max_files=max_images + 1,
-                                                                       max_fields=max_images + 1)
-        except StarletteHTTPException as err:
-            raise RequestProblem(f"malformed multipart body ({err.detail})") from None
+            form = await parser.parse()
+        except MultiPartException as err:
+            raise RequestProblem(f"malformed multipart body ({err.message})") from None
         for key, value in form.multi_items():
             if key != "image":
                 raise RequestProblem(f"form field {key!r} is not read; send each image as a file field named image")
@@ -282,7 +289,8 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
     async def label_status():
         current = labelling()
         counts = folder_state(current.counts)
-        return {**counts, "folder": current.folder, "missing": current.missing()}
+        return {**counts, "folder": current.folder, "missing": current.missing(), "read": current.reading_count(),
+                "reading_done": current.readings_done()}
 
     @app.get("/label/next", summary="The next image to label (least confident first)")
     async def label_next():

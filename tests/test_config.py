@@ -8,6 +8,7 @@ import pytest
 from src.captcha_spec import CaptchaSpec
 from src.config import Config, add_config_arguments, config_from_args
 from src.render import RenderStyle
+from conftest import REPO, run_py
 
 
 def parse(argv):
@@ -305,3 +306,21 @@ def test_bad_network_options_are_one_line_errors_naming_the_option(argv, message
     with pytest.raises(ValueError) as err:
         parse(argv)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("script, offers, lacks", [
+    ("predict.py", ["--checkpoint_path", "--read_charset", "--ignore_case", "--batch_size", "--max_pixels"],
+     ["--learning_rate", "--epoch_size", "--char_rotation", "--max_connections"]),
+    ("eval.py", ["--dataset_path", "--read_charset", "--batch_size", "--captcha_height"],
+     ["--learning_rate", "--save_checkpoint_steps", "--fonts", "--port"]),
+    ("export.py", ["--file_format", "--charset", "--network"], ["--optimizer", "--image_blur", "--max_bytes"]),
+    ("serve.py", ["--label_dir", "--max_connections", "--header_timeout", "--read_charset"],
+     ["--learning_rate", "--epoch_size", "--crnn_channels"]),
+    ("train.py", ["--learning_rate", "--char_rotation", "--max_pixels"], ["--max_connections", "--port"]),
+])
+def test_each_entry_point_offers_only_the_options_it_uses(script, offers, lacks):
+    proc = run_py([os.path.join(REPO, script), "--help"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    options = set(re.findall(r"(--[a-z_]+)", proc.stdout))
+    assert set(offers) <= options, sorted(set(offers) - options)
+    assert not set(lacks) & options, sorted(set(lacks) & options)

@@ -163,3 +163,15 @@ def test_plot_without_matplotlib_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "plot_learning_curve.py: error: matplotlib is not installed (pip install matplotlib)\n"
     assert not (tmp_path / "curve.png").exists()
+
+
+def test_a_run_shorter_than_the_eval_interval_says_it_evaluates_at_the_end_only(data_root, tmp_path):
+    # A newcomer's short run announced "every 200 steps" and evaluated once, at the end: it says so.
+    proc = run_py([os.path.join(REPO, "train.py"), "--dataset_path", data_root / "train", *TINY,
+                   "--eval_dataset_path", data_root / "test", "--eval_images", "16", "--eval_every", "200",
+                   "--train_steps", "12"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("learning curve: "))
+    assert "at the end only (step " in line and "shorter than --eval_every 200" in line, line
+    rows = read_learning_curve(os.path.join(tmp_path, line.rsplit(" -> ", 1)[1]))
+    assert [row["step"] for row in rows] == [12]

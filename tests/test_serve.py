@@ -168,6 +168,7 @@ def _png(width, height) -> bytes:
     (dict(files={"photo": ("a.png", b"x")}), 400, "form field 'photo'"),
     (dict(files={"image": (None, "just text")}), 400, "is text, not a file"),
     (dict(data={"image": "just text"}), 415, "application/x-www-form-urlencoded"),
+    (dict(data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}), 400, "names no boundary"),
 ])
 def test_bad_requests_are_4xx_json_and_the_server_goes_on(server, images, request_kw, status, words):
     if request_kw.get("files") == {"image": ("cut.png", None)}:
@@ -272,3 +273,90 @@ def test_onnxruntime_backend_gives_the_same_answers_and_caches_its_export(tmp_pa
         if start == 0:
             first = exports
     assert exports == first, "the second start exported again"
+
+
+def test_uploads_stay_in_memory_so_a_full_temporary_folder_changes_nothing(tmpfs):
+    # Starlette spools a file part over 1 MiB to TMPDIR; the server keeps it in memory (the body is
+    # there already), so "nothing a request sends is written" holds and a full TMPDIR is no 500.
+    import numpy as np
+
+    noise = np.random.default_rng(7).integers(0, 256, (640, 800, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    big = buffer.getvalue()
+    assert 1024 * 1024 < len(big) < 1800 * 1024
+    srv = Server("--checkpoint_path", DIGITS, env={"TMPDIR": str(tmpfs)})
+    try:
+        first = srv.post("/predict", files={"image": ("noise.png", big, "image/png")})
+        assert first.status_code == 200, first.text
+        stat = os.statvfs(tmpfs)
+        with open(tmpfs / "filler", "wb") as handle:          # the temporary folder is now full
+            handle.write(b"\0" * (stat.f_bavail * stat.f_frsize - 4096))
+        second = srv.post("/predict", files={"image": ("noise.png", big, "image/png")})
+        assert second.status_code == 200, second.text
+        assert second.json()["results"] == first.json()["results"]
+        assert os.listdir(tmpfs) == ["filler"]
+    finally:
+        srv.stop()
+
+
+def _answer(sock, timeout=10.0) -> bytes:
+    """Everything the server sends on ``sock`` until it closes it."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _status_and_error(raw: bytes):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), raw[:300]
+    return int(head.split(b" ", 2)[1]), json.loads(body)["error"]
+
+
+def test_trickled_headers_time_out_open_connections_are_capped_and_malformed_http_is_json():
+    srv = Server("--checkpoint_path", DIGITS, "--header_timeout", "1", "--max_connections", "6")
+    sockets = []
+    try:
+        # Headers that never finish: each connection is answered 408 and closed after --header_timeout.
+        started = time.monotonic()
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            sockets.append(sock)
+        for sock in sockets:
+            status, error = _status_and_error(_answer(sock))
+            assert status == 408 and "--header_timeout 1 s" in error
+        assert time.monotonic() - started < 8
+        # A connection that says nothing at all is closed the same way.
+        silent = socket.create_connection(("127.0.0.1", srv.port))
+        sockets.append(silent)
+        assert _status_and_error(_answer(silent))[0] == 408
+        # Beyond --max_connections open at once, a new one is answered 503 and closed at once.
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(6)]
+        sockets += idle
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        sockets.append(extra)
+        status, error = _status_and_error(_answer(extra, timeout=5))
+        assert status == 503 and "--max_connections 6" in error
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        # Malformed HTTP is a 400 {"error"}, as every other refusal.
+        bad = socket.create_connection(("127.0.0.1", srv.port))
+        sockets.append(bad)
+        bad.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        status, error = _status_and_error(_answer(bad))
+        assert status == 400 and error.startswith("malformed HTTP request")
+        # And the server goes on serving, keep-alive included.
+        with requests.Session() as session:
+            for _ in range(3):
+                assert session.get(srv.url + "/healthz", timeout=30).json() == {"status": "ok"}
+    finally:
+        for sock in sockets:
+            sock.close()
+        srv.stop()

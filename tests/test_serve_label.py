@@ -32,6 +32,19 @@ def folder(data_root, tmp_path):
     return target, truth
 
 
+def label_server(*args, read=True) -> Server:
+    """serve.py with ``--label_dir``; with ``read``, once the model has read the folder (it reads in the
+    background, the page being up at once)."""
+    srv = Server(*args)
+    deadline = time.monotonic() + 120
+    while read and not srv.get("/label/status").json()["reading_done"]:
+        if time.monotonic() > deadline:
+            srv.stop()
+            raise AssertionError("serve.py did not finish reading the labelling folder in time")
+        time.sleep(0.1)
+    return srv
+
+
 def saved(target, spec=None) -> dict:
     """labels.tsv as train.py reads it (with ``spec``, default the digits'): file name -> label."""
     from src.captcha_spec import CaptchaSpec
@@ -41,7 +54,7 @@ def saved(target, spec=None) -> dict:
 
 def test_labelling_api_least_confident_first_and_refusals(folder):
     target, truth = folder
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         status = srv.get("/label/status").json()
         assert (status["labelled"], status["unreadable"], status["total"]) == (0, 0, 12)
@@ -84,7 +97,7 @@ def test_labelling_api_least_confident_first_and_refusals(folder):
 
 def test_kill_9_during_labelling_loses_no_accepted_label_and_reopening_continues(folder):
     target, truth = folder
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     accepted = []
     stop = threading.Event()
 
@@ -116,7 +129,7 @@ def test_kill_9_during_labelling_loses_no_accepted_label_and_reopening_continues
     assert all(on_disk.get(name) == truth[name] for name in accepted), (accepted, on_disk)
     assert set(on_disk) <= set(truth) and all(on_disk[n] == truth[n] for n in on_disk)
 
-    again = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    again = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         status = again.get("/label/status").json()
         assert status["labelled"] == len(on_disk)
@@ -134,7 +147,7 @@ def test_a_partly_labelled_folder_trains(folder, tmp_path):
 
     target, truth = folder
     names = sorted(truth)
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         for name in names[:8]:
             assert srv.post("/label", json={"file": name, "label": truth[name]}).status_code == 200
@@ -154,7 +167,7 @@ def test_other_sites_and_other_host_names_cannot_label_or_read(folder):
     # and the same through a foreign Host name (DNS rebinding). Neither may write or read.
     target, truth = folder
     name = sorted(truth)[0]
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         body = '{"file": "%s", "label": "9999"}' % name
         for headers, status, words in [
@@ -184,7 +197,7 @@ def test_only_regular_files_inside_the_folder_are_served(folder, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0\n")
     os.symlink(secret, target / "secret.png")
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         answer = srv.get("/label/image/secret.png")
         assert answer.status_code == 404 and "root:x" not in answer.text, answer.text
@@ -208,7 +221,7 @@ def test_only_regular_files_inside_the_folder_are_served(folder, tmp_path):
 def test_a_second_server_on_the_same_folder_is_refused_at_start(folder):
     # Two servers saving into one labels.tsv overwrite each other's acknowledged labels.
     target, truth = folder
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         second = subprocess.run([sys.executable, SERVE, "--checkpoint_path", DIGITS, "--label_dir", str(target),
                                  "--port", str(free_port()), "--quiet"],
@@ -222,7 +235,7 @@ def test_a_second_server_on_the_same_folder_is_refused_at_start(folder):
     finally:
         srv.stop()
     # Once the first has stopped, the folder can be labelled again.
-    again = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    again = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         assert again.get("/label/status").json()["labelled"] == 1
     finally:
@@ -232,7 +245,7 @@ def test_a_second_server_on_the_same_folder_is_refused_at_start(folder):
 def test_hand_edited_labels_moved_images_and_odd_requests_get_4xx_json(folder, tmp_path):
     target, truth = folder
     names = sorted(truth)
-    srv = Server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, "--max_batch", "4")
     try:
         # Nested JSON is a 400, not a RecursionError: 100,000 deep at /predict, 30,000 at /label
         # (whose body limit is 64 KiB).
@@ -317,7 +330,7 @@ def test_the_page_starts_from_the_universal_base_on_captchas_of_another_size_and
         renderer.render(label, f"page-universal-image-{index}").save(target / f"shot{index}.png")
         truth[f"shot{index}.png"] = label
     universal = os.path.join(REPO, "pretrained", "crnn_universal.ckpt")
-    srv = Server("--checkpoint_path", universal, "--label_dir", target, "--read_charset", alphabet,
+    srv = label_server("--checkpoint_path", universal, "--label_dir", target, "--read_charset", alphabet,
                  "--max_batch", "4")
     try:
         readings = {name: srv.get(f"/label/item/{name}").json()["reading"] for name in truth}
@@ -329,5 +342,34 @@ def test_the_page_starts_from_the_universal_base_on_captchas_of_another_size_and
         answer = srv.post("/label", json={"file": first["file"], "label": first["reading"]})
         assert answer.status_code == 200 and answer.json()["labelled"] == 1, answer.text
         assert saved(target, CaptchaSpec(charset=alphabet, max_length=8)) == {first["file"]: first["reading"]}
+    finally:
+        srv.stop()
+
+
+def test_a_large_folder_is_labelled_while_the_model_is_still_reading_it(data_root, tmp_path):
+    # 3,000 images: the page is up before the model has read them (it reads in the background), the
+    # images read so far come least confident first, a save made meanwhile is kept, and every image
+    # is read in the end.
+    target = tmp_path / "large"
+    target.mkdir()
+    sources = sorted((data_root / "test").iterdir())[:30]
+    for index in range(3000):
+        shutil.copy(sources[index % len(sources)], target / f"img{index:05d}.png")
+    srv = label_server("--checkpoint_path", DIGITS, "--label_dir", target, read=False)
+    try:
+        status = srv.get("/label/status").json()
+        assert status["total"] == 3000 and not status["reading_done"] and status["read"] < 3000, status
+        first = srv.get("/label/next").json()
+        assert first["file"] is not None
+        assert srv.post("/label", json={"file": "img02999.png", "label": "1234"}).status_code == 200
+        deadline = time.monotonic() + 300
+        while not (status := srv.get("/label/status").json())["reading_done"]:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status["read"] == 3000 and status["labelled"] == 1, status    # all pending at the start
+        following = srv.get("/label/next").json()
+        confidences = [srv.get(f"/label/item/img{i:05d}.png").json()["confidence"] for i in range(30)]
+        assert following["confidence"] == pytest.approx(min(confidences))
+        assert saved(target) == {"img02999.png": "1234"}
     finally:
         srv.stop()

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return add_config_arguments(parser, INFERENCE_FIELDS)
+    return add_config_arguments(parser, INFERENCE_FIELDS + ("backend", "onnx_cache"))
 
 
 def collect_images(inputs: Sequence[str]) -> List[str]:
@@ -93,16 +93,39 @@ def predict(paths: Sequence[str], checkpoint_path: str, cfg, platform: str = "CP
     return results
 
 
+def predict_onnxruntime(paths: Sequence[str], checkpoint_path: str, cfg, platform: str = "CPU",
+                        given: Iterable[str] = ()) -> List[Prediction]:
+    """:func:`predict` through the checkpoint's ONNX export, with onnxruntime and numpy: MindSpore is
+    imported only the first time a checkpoint is read this way, to export it into ``cfg.onnx_cache``."""
+    from src.captcha_spec import READING_FIELDS
+    from src.dataset import MAX_KEPT_BYTES, check_images, load_bgr
+    from src.onnx_reader import OnnxReader
+
+    if not paths:
+        raise ValueError("no images to predict")
+    given = list(given)
+    images = check_images(paths, keep_bytes=MAX_KEPT_BYTES, max_pixels=cfg.max_pixels)
+    reader = OnnxReader.for_checkpoint(checkpoint_path, cfg, platform, given,
+                                       reading={name: getattr(cfg, name) for name in READING_FIELDS if name in given})
+    if images is None:                  # too many to keep decoded: read them again, a batch at a time
+        images = [load_bgr(path) for path in paths]
+    return [Prediction(path, text, confidence) for path, (text, confidence) in zip(paths, reader.read(images))]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from src.runtime import set_up
-
         cfg = config_from_args(args)
         paths = collect_images(args.inputs)
-        set_up(args.platform, device_id=args.device_id)
-        results = predict(paths, args.checkpoint_path, cfg, args.platform,
-                          given=explicit_overrides(args), quiet=args.quiet)
+        if cfg.backend == "onnxruntime":
+            results = predict_onnxruntime(paths, args.checkpoint_path, cfg, args.platform,
+                                          given=explicit_overrides(args))
+        else:
+            from src.runtime import set_up
+
+            set_up(args.platform, device_id=args.device_id)
+            results = predict(paths, args.checkpoint_path, cfg, args.platform,
+                              given=explicit_overrides(args), quiet=args.quiet)
         write_stdout(tsv_line(result) for result in results)
     except ValueError as err:
         return report_error("predict.py", err)

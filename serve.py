@@ -136,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         import uvicorn
 
-        from src.checkpoint import READING_FIELDS
+        from src.captcha_spec import READING_FIELDS
         from src.runtime import set_up
         from src.server import create_app
         from src.serving import Batcher, ServedModel

@@ -147,6 +147,7 @@ def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step:
     from mindspore.train import LossMonitor, TimeMonitor
 
     from src.callbacks import Progress, ResumePosition, StepCheckpoint, StopAtStep
+    from src.checkpoint import checkpoint_prefix, run_prefixes
 
     progress = Progress(total_steps, optimizer)
     callbacks = [ResumePosition(start_step), LossMonitor(per_print_times=1), progress,
@@ -156,7 +157,8 @@ def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step:
     checkpoints = None
     if cfg.save_checkpoint:
         checkpoints = StepCheckpoint(_checkpoint_dir(cfg, info), cfg.save_checkpoint_steps, cfg.keep_checkpoint_max,
-                                     start_step, prefix="warpctc", append=record, owned=owned)
+                                     start_step, prefix=checkpoint_prefix(cfg), prunable=run_prefixes(cfg),
+                                     append=record, owned=owned)
         callbacks.append(checkpoints)
     return callbacks, progress, checkpoints
 
@@ -216,7 +218,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     import mindspore as ms
     from mindspore.train import Model
 
-    from src.checkpoint import model_record, new_training_id, remove_unfinished_saves, training_record
+    from src.checkpoint import model_record, new_training_id, remove_unfinished_saves, run_prefixes, training_record
     from src.run_lock import hold_folder
 
     from src.manifest import dataset_report
@@ -289,7 +291,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     folder = _checkpoint_dir(cfg, info)
     if cfg.save_checkpoint or (curve is not None and args.curve_csv is None):
         hold_folder(folder)             # held until the process ends, however it ends
-        removed = remove_unfinished_saves(folder)
+        removed = remove_unfinished_saves(folder, run_prefixes(cfg))
         if removed:
             print(f"removed the unfinished save(s) of an interrupted run from {os.path.abspath(folder)}: "
                   f"{', '.join(removed)}", flush=True)

@@ -6,7 +6,7 @@ import os
 import sys
 import threading
 import time
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, Sequence
 
 from mindspore.train import Callback
 
@@ -42,14 +42,15 @@ class StepCheckpoint(Callback):
     """
 
     def __init__(self, directory: str, every: int, keep: int, start_step: int = 0, prefix: str = "warpctc",
-                 append: Optional[Mapping[str, object]] = None, owned: Iterable[str] = ()):
+                 append: Optional[Mapping[str, object]] = None, owned: Iterable[str] = (),
+                 prunable: Sequence[str] = ()):
         from src.checkpoint import run_prefix
 
         super().__init__()
         self.directory = directory
         self.every = int(every)
         self.keep = int(keep)
-        self.base_prefix = prefix
+        self.prunable = tuple(prunable) or (prefix,)     # the prefixes of the files ``owned`` may hold
         self.prefix = run_prefix(directory, prefix)
         self.append = dict(append or {})
         self.owned = set(owned)
@@ -82,7 +83,7 @@ class StepCheckpoint(Callback):
             self.last_step, self.last_path = step, path
             self.owned.add(path)
         try:
-            prune_checkpoints(self.directory, self.keep, self.owned, self.base_prefix, protect=path)
+            prune_checkpoints(self.directory, self.keep, self.owned, self.prunable, protect=path)
         except OSError as err:      # the new checkpoint is safe; an old one merely stays
             print(f"warning: could not remove the old checkpoint {err.filename} ({err.strerror}); it stays",
                   file=sys.stderr, flush=True)

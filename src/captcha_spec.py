@@ -37,6 +37,11 @@ RESIZES = ("stretch", "keep_aspect")
 MAX_CHARSET = 1000
 
 
+# Spec fields that say how texts are read, not what the network was trained on: an explicit option wins
+# over the checkpoint's value instead of contradicting it.
+READING_FIELDS = ("ignore_case", "read_charset")
+
+
 @dataclass(frozen=True)
 class CaptchaSpec:
     """What a model reads: ``charset`` (distinct characters), labels of 1..``max_length`` of them,

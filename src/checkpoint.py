@@ -7,12 +7,12 @@ import os
 import re
 import secrets
 import sys
-from typing import Collection, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple
+from typing import Collection, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn
 
-from src.captcha_spec import SPEC_KEY, CaptchaSpec
+from src.captcha_spec import READING_FIELDS, SPEC_KEY, CaptchaSpec
 from src.network import (HEAD_PREFIX, HIDDEN_KEY, NETWORK_FIELDS, NETWORK_KEY, foreign_options, network_record,
                          stored_architecture)
 from src.runtime import quiet_mindspore_logs
@@ -132,12 +132,30 @@ class CheckpointFile(NamedTuple):
     path: str
 
 
-def checkpoint_files(folder: str, prefix: str = "warpctc") -> List[CheckpointFile]:
-    """Every checkpoint of ``folder`` named after ``prefix``, whichever run wrote it, oldest position first."""
+def checkpoint_prefix(cfg) -> str:
+    """The file prefix of a run's checkpoints: ``--checkpoint_prefix``, else the network's name."""
+    return cfg.checkpoint_prefix or cfg.network
+
+
+def run_prefixes(cfg) -> Tuple[str, ...]:
+    """The prefixes whose checkpoints a run may continue or prune: its own, and ``warpctc``, which every
+    run wrote before checkpoints were named by the network."""
+    own = checkpoint_prefix(cfg)
+    return (own,) if own == "warpctc" else (own, "warpctc")
+
+
+def _prefix_set(prefix: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    return (prefix,) if isinstance(prefix, str) else tuple(prefix)
+
+
+def checkpoint_files(folder: str, prefix: Union[str, Sequence[str]] = "warpctc") -> List[CheckpointFile]:
+    """Every checkpoint of ``folder`` named after ``prefix`` (or one of several), whichever run wrote it,
+    oldest position first."""
+    prefixes = _prefix_set(prefix)
     found = []
     for name in os.listdir(folder):
         match = _CKPT_NAME.match(name)
-        if match and match.group("prefix") == prefix:
+        if match and match.group("prefix") in prefixes:
             path = os.path.join(folder, name)
             try:
                 mtime = os.path.getmtime(path)
@@ -157,12 +175,13 @@ def run_prefix(folder: str, prefix: str = "warpctc") -> str:
     return f"{prefix}_{max(runs) + 1}" if runs else prefix
 
 
-def remove_unfinished_saves(folder: str, prefix: str = "warpctc") -> List[str]:
+def remove_unfinished_saves(folder: str, prefix: Union[str, Sequence[str]] = "warpctc") -> List[str]:
     """Delete the partial files of saves that a killed run left in ``folder``; return their names."""
+    prefixes = _prefix_set(prefix)
     removed = []
     for name in sorted(os.listdir(folder)):
         match = _UNFINISHED.match(name)
-        if match and prefix in (match.group("a"), match.group("b")):
+        if match and (match.group("a") in prefixes or match.group("b") in prefixes):
             os.remove(os.path.join(folder, name))
             removed.append(name)
     return removed
@@ -210,7 +229,7 @@ def save_checkpoint_file(obj, path: str, append_dict: Optional[Mapping] = None) 
         raise
 
 
-def prune_checkpoints(folder: str, keep: int, owned: Collection[str], prefix: str = "warpctc",
+def prune_checkpoints(folder: str, keep: int, owned: Collection[str], prefix: Union[str, Sequence[str]] = "warpctc",
                       protect: str = "") -> List[str]:
     """Delete the checkpoints of ``owned`` furthest behind in training until ``keep`` of them remain.
 
@@ -308,9 +327,6 @@ def _stored_model(path: str, params: Mapping) -> Dict[str, object]:
     return stored
 
 
-# Spec fields that say how texts are read, not what the network was trained on: an explicit option wins
-# over the checkpoint's value instead of contradicting it.
-READING_FIELDS = ("ignore_case", "read_charset")
 
 
 def _model_conflict(stored: Mapping[str, object], cfg, given: Iterable[str], explicit: bool = True) -> str:
@@ -357,14 +373,15 @@ class FolderCheckpoint(NamedTuple):
     misfit: str                 # why it cannot continue this run; "" when it can
 
 
-def scan_checkpoints(folder: str, record: Mapping[str, int], cfg, prefix: str = "warpctc") -> List[FolderCheckpoint]:
+def scan_checkpoints(folder: str, record: Mapping[str, int], cfg,
+                     prefix: Optional[Union[str, Sequence[str]]] = None) -> List[FolderCheckpoint]:
     """Every checkpoint of ``folder``, oldest position first, with its training and whether it fits
     this run's ``record`` (batch size, device count, steps per epoch) and model (``cfg``).
 
     Only the record entries are loaded; each file's CRC is checked (a damaged one is a misfit).
     """
     scanned = []
-    for found in checkpoint_files(folder, prefix):
+    for found in checkpoint_files(folder, run_prefixes(cfg) if prefix is None else prefix):
         training = None
         try:
             params = read_checkpoint(found.path, names=_SCANNED, warn=False)
@@ -385,7 +402,8 @@ def _names(checkpoints: List[FolderCheckpoint], shown: int = 3) -> str:
     return ", ".join(parts) + more
 
 
-def resume_point(folder: str, record: Mapping[str, int], cfg, prefix: str = "warpctc") -> Tuple[str, str]:
+def resume_point(folder: str, record: Mapping[str, int], cfg,
+                 prefix: Optional[Union[str, Sequence[str]]] = None) -> Tuple[str, str]:
     """``(checkpoint, notice)``: the checkpoint of ``folder`` furthest into training among those that
     can continue this run, and a one-line notice naming those skipped ("" when none was).
 
@@ -396,7 +414,8 @@ def resume_point(folder: str, record: Mapping[str, int], cfg, prefix: str = "war
         raise ValueError(f"checkpoint folder {folder}: does not exist")
     scanned = scan_checkpoints(folder, record, cfg, prefix)
     if not scanned:
-        raise ValueError(f"checkpoint folder {folder}: holds no {prefix}-<epoch>_<step>.ckpt file")
+        named = " or ".join(f"{p}-<epoch>_<step>.ckpt" for p in _prefix_set(prefix or run_prefixes(cfg)))
+        raise ValueError(f"checkpoint folder {folder}: holds no {named} file")
     fitting = [c for c in scanned if not c.misfit]
     if not fitting:
         raise ValueError(f"checkpoint folder {folder}: none of its {len(scanned)} checkpoint(s) can continue this "
@@ -414,7 +433,7 @@ def resume_point(folder: str, record: Mapping[str, int], cfg, prefix: str = "war
 
 
 def training_checkpoints(folder: str, training: Optional[str], record: Mapping[str, int], cfg,
-                         prefix: str = "warpctc") -> Tuple[List[str], List[str]]:
+                         prefix: Optional[Union[str, Sequence[str]]] = None) -> Tuple[List[str], List[str]]:
     """``(owned, others)``: the checkpoints of ``folder`` that ``training`` wrote in earlier runs (and
     that fit this run), which its pruning may delete, and all the others, which stay.
 
@@ -423,7 +442,7 @@ def training_checkpoints(folder: str, training: Optional[str], record: Mapping[s
     if not os.path.isdir(folder):
         return [], []
     if training is None:
-        return [], [f.path for f in checkpoint_files(folder, prefix)]
+        return [], [f.path for f in checkpoint_files(folder, run_prefixes(cfg) if prefix is None else prefix)]
     owned, others = [], []
     for scanned in scan_checkpoints(folder, record, cfg, prefix):
         mine = scanned.training == training and not scanned.misfit

@@ -47,6 +47,8 @@ class Config:
     save_checkpoint_steps: int = field(default=97, metadata={"help": "steps between two checkpoints (the last step is always saved)"})
     keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints of this training"})
     save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
+    checkpoint_prefix: str = field(default="", metadata={
+        "help": "checkpoints are saved as <prefix>-<epoch>_<step>.ckpt; default: the network's name (warpctc, crnn)"})
     # Not in the original's table, but fixed there in code; exposed so they are not hidden constants.
     seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle; process_data.py "
                                                    "and the on-the-fly stream (--synthetic_images) render from it "
@@ -159,7 +161,8 @@ class Config:
         "help": "address serve.py listens on; anything but loopback needs --token"})
     port: int = field(default=8000, metadata={"help": "TCP port serve.py listens on"})
     backend: str = field(default="mindspore", metadata={
-        "help": "serve.py's inference: mindspore, or onnxruntime on the model exported to ONNX at start"})
+        "help": "inference of serve.py and predict.py: mindspore, or onnxruntime on the model exported to ONNX once "
+                "and cached by the checkpoint's SHA-256 (predict.py then reads without importing MindSpore)"})
     max_batch: int = field(default=32, metadata={"help": "serve.py reads at most this many images in one forward pass"})
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "serve.py waits at most this long for more images to join a batch"})
@@ -170,7 +173,7 @@ class Config:
     max_connections: int = field(default=500, metadata={
         "help": "serve.py answers 503 and closes any connection beyond this many open at once"})
     onnx_cache: str = field(default="~/.cache/warpctc/onnx", metadata={
-        "help": "serve.py --backend onnxruntime keeps its ONNX exports here, by checkpoint SHA-256 and batch size"})
+        "help": "--backend onnxruntime keeps its ONNX exports here, by checkpoint SHA-256 and batch size"})
 
 
 OPTIMIZERS = ("sgd", "adam")

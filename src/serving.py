@@ -104,6 +104,27 @@ class MindSporeBackend(Backend):
         return self.net(ms.Tensor(batch)).asnumpy()
 
 
+def export_onnx(net, spec, size: int, path: str) -> None:
+    """Export ``net`` at batch ``size`` to ONNX file ``path``, written under a temporary name and renamed
+    into place (the cache serve.py and predict.py share never holds a partial file)."""
+    import mindspore as ms
+
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".export.", dir=folder)
+    except OSError as err:
+        raise ValueError(f"--onnx_cache {folder}: cannot be written ({err.strerror})") from None
+    try:
+        example = ms.Tensor(np.zeros((size, 3, spec.input_height, spec.width), np.float32))
+        ms.export(net, example, file_name=os.path.join(scratch, "net"), file_format="ONNX")
+        os.replace(os.path.join(scratch, "net.onnx"), path)
+    finally:
+        for leftover in os.listdir(scratch):
+            os.remove(os.path.join(scratch, leftover))
+        os.rmdir(scratch)
+
+
 class OnnxRuntimeBackend(Backend):
     """The network exported to ONNX, one fixed-batch file per bucket, run by onnxruntime.
 
@@ -125,23 +146,9 @@ class OnnxRuntimeBackend(Backend):
         for size in sizes:
             path = os.path.join(folder, f"{sha256}-b{size}.onnx")
             if not os.path.isfile(path):
-                self._export(net, spec, size, path)
+                export_onnx(net, spec, size, path)
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             self.sessions[size] = (session, session.get_inputs()[0].name)
-
-    @staticmethod
-    def _export(net, spec, size: int, path: str) -> None:
-        import mindspore as ms
-
-        scratch = tempfile.mkdtemp(prefix=".export.", dir=os.path.dirname(path))
-        try:
-            example = ms.Tensor(np.zeros((size, 3, spec.input_height, spec.width), np.float32))
-            ms.export(net, example, file_name=os.path.join(scratch, "net"), file_format="ONNX")
-            os.replace(os.path.join(scratch, "net.onnx"), path)
-        finally:
-            for leftover in os.listdir(scratch):
-                os.remove(os.path.join(scratch, leftover))
-            os.rmdir(scratch)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         session, input_name = self.sessions[len(batch)]

@@ -141,8 +141,11 @@ def test_a_tiny_adaptation_run_learns_a_made_up_style(made_up_style, tmp_path, r
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mixed with: on the fly: 64 captchas per epoch" in proc.stdout
     assert "folder images augmented: image_rotation=3.0, image_shear=0.15" in proc.stdout
-    after = run_py([EVAL, "--dataset_path", test, "--checkpoint_path", tmp_path / "adapted" / "warpctc-2_20.ckpt",
-                    "--quiet"])
+    # Named by the network, and named in full at the end.
+    network = release.split("_")[0].split(".")[0]
+    adapted = tmp_path / "adapted" / f"{network}-2_20.ckpt"
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"; last checkpoint {adapted}"), proc.stdout[-500:]
+    after = run_py([EVAL, "--dataset_path", test, "--checkpoint_path", adapted, "--quiet"])
     assert after.returncode == 0, after.stderr
     assert accuracy(after.stdout) >= accuracy(before.stdout) + 0.2, (before.stdout, after.stdout)
 

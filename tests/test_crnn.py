@@ -55,7 +55,7 @@ def losses(stdout):
 def test_a_crnn_checkpoint_records_its_network_and_the_original_records_what_it_always_did(crnn_run):
     work, stdout = crnn_run
     assert len(losses(stdout)) == 20
-    params = read_checkpoint(str(work / "checkpoint" / "warpctc-2_10.ckpt"))
+    params = read_checkpoint(str(work / "checkpoint" / "crnn-2_10.ckpt"))
     record = json.loads(str(params[NETWORK_KEY]))
     assert record == {"network": "crnn", "crnn_channels": "8,16,16,16", "crnn_convs_per_stage": 1,
                       "crnn_width_stride": 4, "crnn_batch_norm": True, "crnn_hidden_size": 16,
@@ -68,13 +68,16 @@ def test_a_crnn_checkpoint_records_its_network_and_the_original_records_what_it_
 
 def test_a_crnn_training_resumes_exactly(crnn_run, data_root, tmp_path):
     work, reference = crnn_run
-    resume_from = tmp_path / "warpctc-1_8.ckpt"
-    shutil.copy(work / "checkpoint" / "warpctc-1_8.ckpt", resume_from)
+    # From a folder, under the name every run used before checkpoints were named by the network.
+    resume_from = tmp_path / "earlier"
+    resume_from.mkdir()
+    shutil.copy(work / "checkpoint" / "crnn-1_8.ckpt", resume_from / "warpctc-1_8.ckpt")
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", *CRNN, "--epoch_size", "2", "--optimizer", "adam",
                    "--learning_rate", "0.003", "--lr_schedule", "cosine", "--warmup_steps", "3",
                    "--save_checkpoint_steps", "4", "--keep_checkpoint_max", "10", "--resume_checkpoint", resume_from,
                    "--save_checkpoint_path", tmp_path / "resumed"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"resuming from {resume_from / 'warpctc-1_8.ckpt'} at step 8" in proc.stdout
     resumed, expected = losses(proc.stdout), losses(reference)[8:]
     assert [(e, s) for e, s, _ in resumed] == [(e, s) for e, s, _ in expected]
     np.testing.assert_allclose([v for *_, v in resumed], [v for *_, v in expected], rtol=1e-4)
@@ -84,7 +87,7 @@ def test_a_crnn_training_resumes_exactly(crnn_run, data_root, tmp_path):
 
 def test_eval_predict_export_and_the_hub_need_only_the_checkpoint(crnn_run, data_root, tmp_path):
     work, _ = crnn_run
-    ckpt = str(work / "checkpoint" / "warpctc-2_10.ckpt")
+    ckpt = str(work / "checkpoint" / "crnn-2_10.ckpt")
     images = sorted(str(data_root / "test" / n) for n in os.listdir(data_root / "test") if n.endswith(".png"))[:8]
     proc = run_py([PREDICT, "--checkpoint_path", ckpt, "--quiet", *images])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -154,7 +157,7 @@ def test_the_hub_builds_crnn_in_pynative_mode_as_in_graph_mode(crnn_run, tmp_pat
     work, _ = crnn_run
     script = tmp_path / "pynative.py"
     script.write_text(PYNATIVE)
-    proc = run_py([script, work / "checkpoint" / "warpctc-2_10.ckpt"], cwd=tmp_path)
+    proc = run_py([script, work / "checkpoint" / "crnn-2_10.ckpt"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["pynative"] and result["shapes"] == [[40, 2, 11], [80, 2, 11]]
@@ -164,7 +167,7 @@ def test_the_hub_builds_crnn_in_pynative_mode_as_in_graph_mode(crnn_run, tmp_pat
 @pytest.mark.parametrize("fresh_head", [False, True])
 def test_fine_tuning_a_crnn_to_another_alphabet_keeps_the_shared_head_rows(crnn_run, data_root, tmp_path, fresh_head):
     work, _ = crnn_run
-    ckpt = work / "checkpoint" / "warpctc-2_10.ckpt"
+    ckpt = work / "checkpoint" / "crnn-2_10.ckpt"
     labelled = tmp_path / "hex"
     shutil.copytree(data_root / "train", labelled)       # digits are letters of the bigger alphabet too
     proc = run_py([TRAIN, "--dataset_path", labelled, *CRNN, "--charset", "0123456789ABCDEF", "--train_steps", "1",
@@ -179,7 +182,7 @@ def test_fine_tuning_a_crnn_to_another_alphabet_keeps_the_shared_head_rows(crnn_
                 "of the 10 character(s) this alphabet '0123456789ABCDEF' shares with it; 6 character(s) start fresh "
                 "('ABCDEF')") in proc.stdout
     source = read_checkpoint(str(ckpt))
-    tuned = read_checkpoint(str(tmp_path / "checkpoint" / "warpctc-1_1.ckpt"))
+    tuned = read_checkpoint(str(tmp_path / "checkpoint" / "crnn-1_1.ckpt"))
     assert tuple(tuned["fc.weight"].shape) == (17, 32)
     old, new = source["fc.weight"].asnumpy(), tuned["fc.weight"].asnumpy()
     # new row -> source row: the digits by character, and the blank (the last class of each)
@@ -204,7 +207,7 @@ def test_fine_tuning_a_crnn_to_another_alphabet_keeps_the_shared_head_rows(crnn_
 ])
 def test_the_other_networks_options_with_a_checkpoint_are_one_line(crnn_run, data_root, option, message):
     work, _ = crnn_run
-    ckpt = work / "checkpoint" / "warpctc-2_10.ckpt"
+    ckpt = work / "checkpoint" / "crnn-2_10.ckpt"
     proc = run_py([PREDICT, "--checkpoint_path", ckpt, *option, data_root / "test"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
     assert last_error_line(proc) == f"predict.py: error: checkpoint {ckpt}: {message}; drop the option: the checkpoint says what it reads"
@@ -218,7 +221,7 @@ def test_the_other_networks_options_with_a_checkpoint_are_one_line(crnn_run, dat
 ])
 def test_a_crnn_checkpoint_cannot_start_the_original_network(crnn_run, data_root, tmp_path, option, message):
     work, _ = crnn_run
-    ckpt = work / "checkpoint" / "warpctc-2_10.ckpt"
+    ckpt = work / "checkpoint" / "crnn-2_10.ckpt"
     proc = run_py([TRAIN, "--dataset_path", data_root / "train", *option, "--batch_size", "16",
                    "--init_checkpoint", ckpt], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -95,7 +95,7 @@ def geometry_model(tmp_path_factory):
     proc = run_py([TRAIN, "--dataset_path", work / "train", *GEOMETRY, "--epoch_size", "2", "--optimizer", "adam",
                    "--learning_rate", "0.003"], cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ckpt = work / "checkpoint" / "warpctc-2_3.ckpt"
+    ckpt = work / "checkpoint" / "crnn-2_3.ckpt"
     assert ckpt.is_file(), sorted(os.listdir(work / "checkpoint"))
     return work, ckpt, test
 
@@ -166,7 +166,7 @@ def test_finetuning_works_out_alphabet_length_and_width_from_the_folder(geometry
     assert line == (f"fine-tuning to {tmp_path / 'mine'}: alphabet {alphabet!r} ({len(alphabet)} characters, those "
                     "of its labels); 1-5 characters (its longest label); images 300x50, fitted with the aspect kept "
                     "into 192x32 (--charset, --max_captcha_digits and --captcha_width override)")
-    _, spec = load_network(str(tmp_path / "inferred" / "warpctc-1_2.ckpt"), Config())
+    _, spec = load_network(str(tmp_path / "inferred" / "crnn-1_2.ckpt"), Config())
     assert (spec.charset, spec.max_length, spec.width, spec.height) == (alphabet, 5, 192, 32)
     assert (spec.resize, spec.normalization) == ("keep_aspect", "per_image")      # the base's, not the defaults
 
@@ -174,5 +174,5 @@ def test_finetuning_works_out_alphabet_length_and_width_from_the_folder(geometry
     proc = run_py([TRAIN, *common, "--max_captcha_digits", "7", "--captcha_width", "160", "--save_checkpoint_path",
                    tmp_path / "given"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    _, spec = load_network(str(tmp_path / "given" / "warpctc-1_2.ckpt"), Config())
+    _, spec = load_network(str(tmp_path / "given" / "crnn-1_2.ckpt"), Config())
     assert (spec.charset, spec.max_length, spec.width) == (alphabet, 7, 160)

@@ -152,3 +152,19 @@ def test_export_leaves_the_folder_permissions_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(os.listdir(out)) == ["w.onnx", "w.onnx.json"]
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_the_try_it_adaptation_runs_end_to_end_with_a_tiny_step_count(tmp_path):
+    # README's self-contained try: render a held-out style, read it zero-shot, adapt, read again.
+    proc = run_bash([os.path.join(REPO, "scripts", "run_try_adapt.sh"), "2"],
+                    env={"WARPCTC_RUN_DIR": str(tmp_path / "try")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    results = re.findall(r"result: \{'WarpCTCAccuracy': ([0-9.]+)", proc.stdout)
+    assert len(results) == 2, proc.stdout[-2000:]
+    assert "fine-tuning to " in proc.stdout and "1-5 characters" in proc.stdout
+    adapted = re.search(r"== adapted: (\S+\.ckpt)", proc.stdout).group(1)
+    assert os.path.isfile(adapted) and adapted.startswith(str(tmp_path / "try" / "checkpoint"))
+    reads = [line.split("\t") for line in proc.stdout.splitlines() if line.count("\t") == 2]
+    assert len(reads) == 2 and all(path.endswith(".png") for path, _, _ in reads)
+    bad = run_bash([os.path.join(REPO, "scripts", "run_try_adapt.sh"), "many"])
+    assert bad.returncode != 0 and "STEPS must be a positive whole number, got 'many'" in bad.stderr

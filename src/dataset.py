@@ -22,7 +22,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -708,9 +708,12 @@ class KeepAspectFit:
     its aspect ratio kept, centred vertically and left-aligned; the rest is filled with the per-channel
     mean of the scaled image's border pixels, so the fill continues the captcha's background."""
 
-    def __init__(self, height: int, width: int):
+    def __init__(self, height: int, width: int, resize: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None):
+        """``resize(image, height, width)`` scales a float HWC image (default: MindSpore's bilinear Resize;
+        src.onnx_reader passes its numpy twin)."""
         self.height = height
         self.width = width
+        self.resize = resize
 
     def placement(self, image_height: int, image_width: int) -> Tuple[int, int, int]:
         """``(scaled height, scaled width, top row)`` of an image of that size."""
@@ -720,11 +723,14 @@ class KeepAspectFit:
         return high, wide, (self.height - high) // 2
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        import mindspore.dataset.vision as vision
-
         high, wide, top = self.placement(*image.shape[:2])
         if (high, wide) != image.shape[:2]:
-            image = vision.Resize((high, wide))(image)
+            if self.resize is None:
+                import mindspore.dataset.vision as vision
+
+                image = vision.Resize((high, wide))(image)
+            else:
+                image = self.resize(image, high, wide)
         border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
         out = np.empty((self.height, self.width, image.shape[2]), np.float32)
         out[...] = border.mean(axis=0, dtype=np.float64).astype(np.float32)

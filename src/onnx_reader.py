@@ -9,14 +9,13 @@ captcha is read in well under a second, cold. The preprocessing is a numpy twin 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from src.captcha_spec import READING_FIELDS, CaptchaSpec
-from src.dataset import MEAN, PER_IMAGE_STD_FLOOR, STD
+from src.dataset import MEAN, STD, KeepAspectFit, PerImageStandardize
 
 # The batch sizes exported: full batches of 16, then single images (both among serve.py's buckets).
 BATCH_SIZES = (16, 1)
@@ -46,29 +45,17 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def network_input(bgr: np.ndarray, spec: CaptchaSpec) -> np.ndarray:
-    """A decoded BGR uint8 image as the network's float32 ``(3, H, W)`` input, as the MindSpore pipeline makes it."""
+    """A decoded BGR uint8 image as the network's float32 ``(3, H, W)`` input, as the MindSpore pipeline makes it:
+    the same normalisation and fit (``src.dataset``), with :func:`resize_bilinear` for MindSpore's Resize."""
     image = bgr.astype(np.float32) * np.float32(1.0 / 255.0)
     if spec.normalization == "per_image":
-        channels = image.reshape(-1, 3).T.astype(np.float64)
-        channels -= channels.mean(axis=1, keepdims=True)
-        channels /= np.maximum(np.sqrt(np.square(channels).mean(axis=1, keepdims=True)), PER_IMAGE_STD_FLOOR)
-        image = channels.T.astype(np.float32).reshape(image.shape)
+        image = PerImageStandardize()(image)
     else:
         image = ((image - np.array(MEAN, np.float32)) / np.array(STD, np.float32)).astype(np.float32)
-    height, width = spec.input_height, spec.width
     if spec.resize == "keep_aspect":
-        scale = min(height / image.shape[0], width / image.shape[1])
-        high = min(height, max(1, round(image.shape[0] * scale)))
-        wide = min(width, max(1, round(image.shape[1] * scale)))
-        scaled = resize_bilinear(image, high, wide)
-        border = np.concatenate([scaled[0], scaled[-1], scaled[:, 0], scaled[:, -1]])
-        canvas = np.empty((height, width, 3), np.float32)
-        canvas[...] = border.mean(axis=0, dtype=np.float64).astype(np.float32)
-        top = (height - high) // 2
-        canvas[top:top + high, :wide] = scaled
-        image = canvas
+        image = KeepAspectFit(spec.input_height, spec.width, resize=resize_bilinear)(image)
     else:
-        image = resize_bilinear(image, height, width)
+        image = resize_bilinear(image, spec.input_height, spec.width)
     return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
@@ -131,10 +118,10 @@ class OnnxReader:
         for size, path in models.items():
             if not os.path.isfile(path):
                 export_onnx(net, spec, size, path)
-        stored = {k: v for k, v in json.loads(spec.to_json()).items() if k not in READING_FIELDS}
+        # The checkpoint's own spec, its reading options included (``given`` left them out above).
         temporary = f"{spec_path}.{os.getpid()}.tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(stored, handle, sort_keys=True)
+            handle.write(spec.to_json())
         os.replace(temporary, spec_path)
 
     def read(self, images: Sequence[np.ndarray]) -> List[Tuple[str, float]]:

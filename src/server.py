@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from src.serving import Batcher, ImageProblem, ServedModel
@@ -91,24 +92,15 @@ def _decode_base64(text: object, where: str) -> bytes:
         raise RequestProblem(f"{where} is not valid base64") from None
 
 
-def _boundary(content_type: str) -> str:
-    """The ``boundary`` parameter of a multipart Content-Type ("" if none)."""
-    for part in content_type.split(";")[1:]:
-        key, _, value = part.strip().partition("=")
-        if key.strip().lower() == "boundary":
-            return value.strip().strip('"')
-    return ""
-
-
 async def _request_images(request: Request, body: bytes, max_images: int) -> List[tuple]:
     """``(name, bytes)`` of each image of a multipart or JSON request, in order."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     images: List[tuple] = []
     if kind == "multipart/form-data":
-        boundary = _boundary(request.headers.get("content-type", ""))
+        boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary")
         if not boundary:
             raise RequestProblem("malformed multipart body (its Content-Type names no boundary)")
-        if f"--{boundary}--".encode("latin-1") not in body:
+        if b"--" + boundary + b"--" not in body:
             raise RequestProblem("malformed multipart body (cut off: it does not end with the closing boundary)")
 
         async def whole_body():

@@ -1,13 +1,13 @@
 """Adaptation to a style kept out of training: zero-shot, then adapted with N labelled images each.
 
-For a style folder holding ``adapt<N>`` splits and a test split (as ``bench/heldout_styles.py``
+For a style folder holding ``adapt<N>`` splits and a test split (as ``research/heldout_styles.py``
 writes them), this evaluates the base model on the test split, then for each N runs the
 documented adaptation command (``train.py --dataset_path <style>/adapt<N> --init_checkpoint
 <base> --config_path configs/adapt.yaml``) and evaluates its last checkpoint on the same test
 split, which no run trains or tunes on. Prints one table row per run with its steps, wall time
 and s/step, and the CPU it ran on with its fp32 matmul peak::
 
-    python bench/heldout_styles.py --output_dir heldout --style ink
+    python research/heldout_styles.py --output_dir heldout --style ink
     python bench/bench_adapt.py --base pretrained/warpctc_robust.ckpt --style_dir heldout/ink \
         --labels 250,1000,5000 --out runs/adapt_ink
 """
@@ -23,8 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench.bench_synthetic import cpu_model  # noqa: E402
-from bench.bench_train_step import matmul_peak_gflops  # noqa: E402
+from bench.common import cpu_model, matmul_peak_gflops  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
 CKPT_RE = re.compile(r"^warpctc-(\d+)_(\d+)\.ckpt$")

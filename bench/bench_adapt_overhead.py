@@ -31,24 +31,13 @@ from typing import Dict, Iterator, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "bench"))
+from bench.common import cpu_model, time_steps  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import Config, add_config_arguments, config_from_args, validate  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "adapt.yaml")
 NETWORKS = ("warpctc", "crnn")
-
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it, and the core count."""
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} core(s)"
 
 
 def stage_costs(cfg: Config, spec: CaptchaSpec, folder: str, count: int = 100) -> Dict[str, float]:
@@ -88,8 +77,6 @@ def stage_costs(cfg: Config, spec: CaptchaSpec, folder: str, count: int = 100) -
 def bare_step(cell, images, labels, steps: int, warmup: int) -> List[float]:
     """Seconds of each of ``steps`` steps of ``cell`` on one in-memory batch (loss read back)."""
     import mindspore as ms
-
-    from bench_train_step import time_steps
 
     x, y = ms.Tensor(images), ms.Tensor(labels)
     return time_steps(lambda: float(cell(x, y).asnumpy()), steps, warmup)
@@ -223,7 +210,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="adapt_overhead_") as scratch:
         folder = args.dataset_path
         if folder is None:
-            from heldout_styles import render_heldout
+            from research.heldout_styles import render_heldout
 
             folder = os.path.join(scratch, "ink")
             render_heldout(folder, "ink", CaptchaSpec.from_config(cfg), 1000, seed=0)

@@ -19,22 +19,11 @@ from typing import List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-
+from bench.common import cpu_model  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
 TOP_SHARES = (0.50, 0.80, 0.90, 0.95, 0.99)
 THRESHOLDS = (0.5, 0.9, 0.99)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo and the core count ("unknown" where not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                        "unknown")
-    except OSError:
-        name = "unknown"
-    return f"{name}, {os.cpu_count()} CPU(s)"
 
 
 def separation_table(reads: Sequence[Tuple[float, bool]]) -> List[str]:

@@ -25,7 +25,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench.bench_synthetic import cpu_model  # noqa: E402
+from bench.common import cpu_model, free_port  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
@@ -75,9 +75,6 @@ def time_store(folder: str, saves: int) -> dict:
 
 def time_server(folder: str, checkpoint: str) -> dict:
     import requests
-
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    from tests.test_serve import free_port
 
     port = free_port()
     started = time.monotonic()

@@ -28,11 +28,10 @@ import tempfile
 
 import numpy as np
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-sys.path[:0] = [REPO, BENCH]
-from bench_train_step import batch_arrays as batch, matmul_peak_gflops, time_steps  # noqa: E402
-from network_flops import forward_flop  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from bench.common import batch_arrays as batch, cpu_model, eval_throughput, matmul_peak_gflops, time_steps  # noqa: E402
+from bench.network_flops import forward_flop  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.config import CONFIG_FIELDS, add_config_arguments, config_from_args, explicit_overrides  # noqa: E402
 
@@ -144,28 +143,6 @@ def measure(cfg, args) -> dict:
     return row
 
 
-def eval_throughput(cfg, spec, ckpt: str, scratch: str, count: int) -> float:
-    """eval.py's own images/s line on ``count`` rendered captchas (a separate process, as a user runs it)."""
-    import process_data
-
-    folder = os.path.join(scratch, "test")
-    process_data.render_split(folder, count, spec=spec, seed=5, split="test", workers=1, progress=False)
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--dataset_path", folder,
-                           "--checkpoint_path", ckpt, "--quiet", "--batch_size", str(cfg.batch_size)],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
-    if proc.returncode:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
-    return float(proc.stdout.strip().splitlines()[-1].rsplit("(", 1)[1].split()[0])
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per network (default 5)")
@@ -180,7 +157,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(row), flush=True)
         return 0
     peak, library = matmul_peak_gflops()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; {library} fp32 4096^3 matmul {peak:.0f} GFLOP/s; "
+    print(f"machine: {cpu_model()}; {library} fp32 4096^3 matmul {peak:.0f} GFLOP/s; "
           f"batch {cfg.batch_size}, captchas {CaptchaSpec.from_config(cfg).describe()}", flush=True)
     options = [f"--{name}={value}" for name, value in explicit_overrides(args).items() if name in CONFIG_FIELDS]
     for network in ("warpctc", "crnn"):

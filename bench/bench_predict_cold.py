@@ -18,7 +18,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench.bench_synthetic import cpu_model  # noqa: E402
+from bench.common import cpu_model  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
 

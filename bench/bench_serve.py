@@ -26,21 +26,16 @@ import time
 
 import numpy as np
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-sys.path[:0] = [REPO, BENCH]
-from bench_networks import cpu_model, eval_throughput  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from bench.common import cpu_name, eval_throughput, free_port  # noqa: E402
 from src.config import Config  # noqa: E402
 
 
 def start_server(checkpoint: str, backend: str, cache: str):
-    import socket
-
     import requests
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "serve.py"), "--checkpoint_path", checkpoint,
                              "--backend", backend, "--onnx_cache", cache, "--port", str(port), "--quiet"],
                             env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
@@ -121,7 +116,7 @@ def main(argv=None) -> int:
 
     cfg = Config()
     _, spec = resolve_model(args.checkpoint_path, read_checkpoint(args.checkpoint_path), cfg)
-    row = {"cpu": cpu_model(), "cores": os.cpu_count(), "checkpoint": os.path.basename(args.checkpoint_path),
+    row = {"cpu": cpu_name(), "cores": os.cpu_count(), "checkpoint": os.path.basename(args.checkpoint_path),
            "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "backends": {}}
     with tempfile.TemporaryDirectory() as scratch:
         folder = os.path.join(scratch, "serve")

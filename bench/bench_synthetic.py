@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.common import cpu_model  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
@@ -34,17 +34,6 @@ BENCH_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_heigh
                 "num_parallel_workers", "normalization") + STYLE_FIELDS
 WARMUP = 3
 VARIANTS = ("png", "fly", "fly_process")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one) and the number of cores."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} core(s)"
 
 
 def make_dataset(variant: str, cfg, spec: CaptchaSpec, png_dir: str, images: int):

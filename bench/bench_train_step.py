@@ -15,12 +15,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.common import batch_arrays, matmul_peak_gflops, time_steps  # noqa: E402,F401
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
@@ -38,26 +38,6 @@ def lstm_step_gflop(spec: CaptchaSpec, batch: int, hidden: int, layers: int = 2)
         forward += 2 * 4 * hidden * (layer_in + hidden) * batch * steps
     forward += 2 * hidden * spec.num_classes * batch * steps
     return 3 * forward / 1e9
-
-
-def batch_arrays(spec: CaptchaSpec, batch: int, seed: int = 0):
-    """Random images at the network's input size and coded random labels of the spec."""
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, 3, spec.input_height, spec.width)).astype(np.float32)
-    labels = np.stack([spec.encode("".join(rng.choice(list(spec.charset), rng.integers(1, spec.max_length + 1))))
-                       for _ in range(batch)])
-    return images, labels
-
-
-def time_steps(step, steps: int, warmup: int):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def project_step(cfg, images, labels, functional: bool = False):
@@ -125,22 +105,6 @@ def torch_step(cfg, spec: CaptchaSpec, images, labels, threads: int):
         return loss.item()
 
     return step
-
-
-def matmul_peak_gflops(n: int = 4096, repeats: int = 3) -> tuple:
-    """Best fp32 GFLOP/s of an n^3 matmul (PyTorch if present, else NumPy) and the library used."""
-    try:
-        import torch
-
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        run, lib = (lambda: torch.mm(a, b)), "torch"
-    except ImportError:
-        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-        b = a.copy()
-        run, lib = (lambda: a @ b), "numpy"
-    run()
-    best = min(time_steps(run, repeats, 0))
-    return 2 * n ** 3 / best / 1e9, lib
 
 
 def profile_top_ops(cfg, images, labels, steps: int = 3, top: int = 8, functional: bool = False):

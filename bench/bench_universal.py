@@ -10,11 +10,16 @@ Prints one row per set: exact accuracy and accuracy with case folded, of each re
     python bench/bench_universal.py --checkpoint_path pretrained/crnn_universal.ckpt \
         --ddddocr_python ddvenv/bin/python --count 500
 
+Each set is a folder of ``<index>.png`` and a ``labels.tsv`` (README "Your own captchas"), kept with
+``--work_dir``; ``--render_only`` draws them and reads none::
+
+    python bench/bench_universal.py --render_only --work_dir sets --count 150 --sets ink_digits,ink_lower5
+
 The sets:
 
 - ``original``, ``alnum``: the captcha package's drawing of the original task (digits, 1-4, 160x64)
   and of configs/alnum.yaml (digits and capitals, 1-4, 160x64);
-- ``<style>_digits``, ``<style>_lower5``, ``<style>_mixed``: each style of bench/heldout_styles.py
+- ``<style>_digits``, ``<style>_lower5``, ``<style>_mixed``: each style of research/heldout_styles.py
   (ink, stamp, outline: fonts and drawing code no training uses) at three geometries: digits 1-4
   at 160x64; 5 of lower case and digits at 200x50; 4-7 of digits, upper and lower case at 240x60.
 """
@@ -32,9 +37,8 @@ from typing import Dict, List, NamedTuple, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "bench"))
-import heldout_styles  # noqa: E402
-from bench.bench_synthetic import cpu_model  # noqa: E402
+from bench.common import cpu_model  # noqa: E402
+from research import heldout_styles  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
@@ -46,7 +50,7 @@ UPPER = LOWER.upper()
 class BenchSet(NamedTuple):
     """A set of captchas: who draws them, their alphabet, lengths and size."""
 
-    style: str            # "captcha" (the package's drawing) or a bench/heldout_styles.py style
+    style: str            # "captcha" (the package's drawing) or a research/heldout_styles.py style
     charset: str
     lengths: Tuple[int, int]
     width: int
@@ -64,7 +68,7 @@ for _style in ("ink", "stamp", "outline"):
 
 
 def render_set(name: str, folder: str, count: int) -> List[Tuple[str, str]]:
-    """Draw ``count`` captchas of set ``name`` into ``folder``; ``[(path, label)]``."""
+    """Draw ``count`` captchas of set ``name`` into ``folder``, with their ``labels.tsv``; ``[(path, label)]``."""
     from src.render import Renderer
 
     bench_set = SETS[name]
@@ -86,6 +90,8 @@ def render_set(name: str, folder: str, count: int) -> List[Tuple[str, str]]:
             image = draw(label, rng, bench_set.width, bench_set.height)
         image.save(path)
         samples.append((path, label))
+    with open(os.path.join(folder, "labels.tsv"), "w", encoding="utf-8") as handle:
+        handle.writelines(f"{os.path.basename(path)}\t{label}\n" for path, label in samples)
     return samples
 
 
@@ -123,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=500, help="captchas per set (default: %(default)s)")
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names (default: all)")
     parser.add_argument("--work_dir", help="keep the rendered sets here (default: a temporary folder)")
+    parser.add_argument("--render_only", action="store_true",
+                        help="only draw the sets into --work_dir (a folder with labels.tsv each); read none")
     parser.add_argument("--json_out", help="also append one JSON line per set to this file")
     parser.add_argument("--told_alphabet", action="store_true",
                         help="tell both readers each set's alphabet: ours by --read_charset, ddddocr by masking its "
@@ -135,6 +143,14 @@ def main(argv=None) -> int:
             raise ValueError(f"--sets: no set {unknown[0]!r}; the sets are {', '.join(SETS)}")
         if args.count <= 0:
             raise ValueError(f"--count must be positive, got {args.count}")
+        if args.render_only:
+            if not args.work_dir:
+                raise ValueError("--render_only: give --work_dir, the folder that receives the sets")
+            for name in names:
+                render_set(name, os.path.join(args.work_dir, name), args.count)
+                print(f"{os.path.join(args.work_dir, name)}: {args.count} captchas of set {name}, alphabet "
+                      f"{SETS[name].charset}", flush=True)
+            return 0
         if not os.path.isfile(args.checkpoint_path):
             raise ValueError(f"--checkpoint_path {args.checkpoint_path}: no such file")
         if args.ddddocr_python and not os.access(args.ddddocr_python, os.X_OK):

@@ -4,12 +4,13 @@ A labelled folder is decoded once per run, not once per epoch; an epoch of a fol
 captchas rendered on the fly is whole batches that hold every labelled image once, augmented anew,
 with nothing drawn only to be dropped; the per-image normalisation gives the values of its formula.
 The held-out style ``outline`` is a pure function of (seed, split, count) in the dataset format.
+The research script that draws it and the overhead bench are run as a user runs them (no test imports
+bench/ or research/).
 """
 import builtins
 import collections
 import hashlib
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,22 +20,30 @@ from src.captcha_spec import CaptchaSpec
 from src.config import Config
 from src.dataset import PerImageStandardize, SyntheticSource, create_dataset, list_samples, load_bgr
 from src.render import Renderer, RenderStyle
-from conftest import REPO
+from conftest import REPO, run_py
 
-sys.path.insert(0, os.path.join(REPO, "bench"))
-import bench_adapt_overhead  # noqa: E402
-import heldout_styles  # noqa: E402
-
+HELDOUT_STYLES = os.path.join(REPO, "research", "heldout_styles.py")
 DIGITS = CaptchaSpec()
 AUGMENT = dict(image_rotation=4.0, image_shear=0.2, image_wave=2.0, image_blur=0.8, color_jitter=0.3)
+
+
+def heldout_styles(*args):
+    """``python research/heldout_styles.py ARGS``: the CompletedProcess."""
+    return run_py([HELDOUT_STYLES, *args])
+
+
+def render_outline(output_dir, count, seed_text):
+    """``count`` outline captchas of the digits task drawn from ``seed_text``: their folder (with labels.tsv)."""
+    proc = heldout_styles("--output_dir", output_dir, "--style", "outline", "--splits", f"pinned{count}",
+                          "--seed_text", seed_text)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return output_dir / "outline" / f"pinned{count}"
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     """100 captchas of the outline style with a labels.tsv, as a user's labelled folder."""
-    folder = tmp_path_factory.mktemp("labelled") / "outline"
-    heldout_styles.render_heldout(str(folder), "outline", DIGITS, 100, seed="pipeline")
-    return folder
+    return render_outline(tmp_path_factory.mktemp("labelled"), 100, "pipeline")
 
 
 @pytest.fixture
@@ -152,17 +161,18 @@ def digest(folder):
 
 
 def test_an_outline_split_is_a_pure_function_of_its_seed(tmp_path, labelled):
-    heldout_styles.render_heldout(str(tmp_path / "again"), "outline", DIGITS, 100, seed="pipeline")
-    assert digest(tmp_path / "again") == digest(labelled)
-    heldout_styles.render_heldout(str(tmp_path / "other"), "outline", DIGITS, 100, seed="other")
-    same, other = digest(labelled), digest(tmp_path / "other")
+    again = render_outline(tmp_path / "again", 100, "pipeline")
+    assert digest(again) == digest(labelled)
+    other = render_outline(tmp_path / "other", 100, "other")
+    same, other = digest(labelled), digest(other)
     assert not any(same[name] == other[name] for name in same if name.endswith(".png"))
 
 
 def test_outline_splits_have_the_spec_size_and_labels_the_reader_takes(tmp_path):
-    assert heldout_styles.main(["--output_dir", str(tmp_path), "--style", "outline", "--splits", "adapt6,test5",
-                                "--charset", "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-                                "--max_captcha_digits", "6", "--captcha_width", "200", "--captcha_height", "80"]) == 0
+    proc = heldout_styles("--output_dir", tmp_path, "--style", "outline", "--splits", "adapt6,test5",
+                          "--charset", "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                          "--max_captcha_digits", "6", "--captcha_width", "200", "--captcha_height", "80")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     spec = CaptchaSpec(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", max_length=6,
                        width=200, height=80)
     adapt = list_samples(str(tmp_path / "outline" / "adapt6"), spec)
@@ -177,14 +187,16 @@ def test_outline_splits_have_the_spec_size_and_labels_the_reader_takes(tmp_path)
     assert grey.min() < np.median(grey) - 80
 
 
-def test_an_alphabet_the_outline_fonts_cannot_draw_is_one_line(tmp_path, capsys):
-    assert heldout_styles.main(["--output_dir", str(tmp_path), "--style", "outline", "--splits", "test3",
-                                "--charset", "0123456789\u20ac"]) == 2
-    assert capsys.readouterr().err == ("heldout_styles.py: error: --charset: style outline's fonts (cmss10.ttf, "
-                                       "cmtt10.ttf) do not draw '\u20ac'\n")
+def test_an_alphabet_the_outline_fonts_cannot_draw_is_one_line(tmp_path):
+    proc = heldout_styles("--output_dir", tmp_path, "--style", "outline", "--splits", "test3",
+                          "--charset", "0123456789\u20ac")
+    assert proc.returncode == 2
+    assert proc.stderr == ("heldout_styles.py: error: --charset: style outline's fonts (cmss10.ttf, "
+                           "cmtt10.ttf) do not draw '\u20ac'\n")
     assert not (tmp_path / "outline" / "test3").exists()
 
 
-def test_the_overhead_bench_names_a_wrong_network_in_one_line(capsys):
-    assert bench_adapt_overhead.main(["--networks", "warpctc,lstm"]) == 2
-    assert capsys.readouterr().err == "bench_adapt_overhead.py: error: --networks: lstm not among warpctc, crnn\n"
+def test_the_overhead_bench_names_a_wrong_network_in_one_line():
+    proc = run_py([os.path.join(REPO, "bench", "bench_adapt_overhead.py"), "--networks", "warpctc,lstm"])
+    assert proc.returncode == 2
+    assert proc.stderr == "bench_adapt_overhead.py: error: --networks: lstm not among warpctc, crnn\n"

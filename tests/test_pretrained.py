@@ -21,6 +21,9 @@ CRNN_DIGITS = os.path.join(REPO, "pretrained", "crnn_digits.ckpt")
 CRNN_ALNUM = os.path.join(REPO, "pretrained", "crnn_alnum.ckpt")
 CRNN_ROBUST = os.path.join(REPO, "pretrained", "crnn_robust.ckpt")
 UNIVERSAL = os.path.join(REPO, "pretrained", "crnn_universal.ckpt")
+# The scripts that draw the held-out sets, run as a user runs them (no test imports bench/ or research/).
+HELDOUT_STYLES = os.path.join(REPO, "research", "heldout_styles.py")
+BENCH_UNIVERSAL = os.path.join(REPO, "bench", "bench_universal.py")
 # The robust bases on 300 pinned images (fixed seeds: the test is deterministic). warpctc_robust: 93.0 % of
 # 10,000 fresh captchas and 41.5 % of 1,000 ink captchas zero-shot (README), floors 2 and 3 standard errors
 # below; crnn_robust: 99.71 % fresh, 77.2 % ink and 47.5 % stamp, floors about 3 standard errors below.
@@ -98,6 +101,11 @@ def test_alphanumeric_release_reads_fresh_letters_and_digits_with_no_other_flag(
     assert accuracy >= 0.93, accuracy
 
 
+def _labels_tsv(folder):
+    """``{file name: label}`` of ``folder/labels.tsv``."""
+    return dict(line.rstrip("\n").split("\t") for line in open(os.path.join(folder, "labels.tsv"), encoding="utf-8"))
+
+
 def _accuracy_of_reads(stdout, labels):
     reads = dict((os.path.basename(path), text) for path, text, _ in (line.split("\t") for line in stdout.splitlines()))
     assert len(reads) == len(labels)
@@ -105,27 +113,25 @@ def _accuracy_of_reads(stdout, labels):
 
 
 def test_robust_bases_read_the_original_style_and_styles_kept_out_of_their_training(tmp_path):
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    import heldout_styles
-
     # The original style, fresh: per-image normalisation comes from the checkpoint, with no flag.
     process_data.render_split(str(tmp_path / "fresh"), 300, seed=20261128, split="fresh", workers=2, progress=False)
     sets = {"fresh": {name: parse_label(name, CaptchaSpec()) for name in os.listdir(tmp_path / "fresh")
                       if name.endswith(".png")}}
     # Styles drawn by other code than the one they trained on (ink: serif fonts, cream paper, a stroke;
     # stamp: Pillow's font, gradients, hatching, JPEG).
+    folders = {"fresh": tmp_path / "fresh"}
     for style in ("ink", "stamp"):
-        heldout_styles.render_heldout(str(tmp_path / style), style, CaptchaSpec(), 300, seed="test-20261126")
-        sets[style] = dict(line.rstrip("\n").split("\t") for line in open(tmp_path / style / "labels.tsv",
-                                                                           encoding="utf-8"))
+        proc = run_py([HELDOUT_STYLES, "--output_dir", tmp_path, "--style", style, "--splits", "test300",
+                       "--seed_text", "test-20261126"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        folders[style] = tmp_path / style / "test300"
+        sets[style] = _labels_tsv(folders[style])
     reads = {}
     for path in (ROBUST, CRNN_ROBUST, CKPT):
         for name, labels in sets.items():
             if path == CKPT and name != "ink":
                 continue
-            proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", path, tmp_path / name, "--quiet"])
+            proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", path, folders[name], "--quiet"])
             assert proc.returncode == 0, proc.stderr[-2000:]
             reads[os.path.basename(path), name] = _accuracy_of_reads(proc.stdout, labels)
     assert reads["warpctc.ckpt", "ink"] <= 0.05, reads            # the digits release: 0.3 % of 1,000 (README)
@@ -180,16 +186,15 @@ UNIVERSAL_FLOORS = {("original", ""): 0.95, ("alnum", ""): 0.89, ("ink_digits", 
 
 
 def test_universal_base_reads_any_size_and_length_zero_shot_and_told_its_alphabet(tmp_path):
-    import sys
-
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    import bench_universal
-
-    alphabets = {"digits": bench_universal.DIGITS, "lower5": bench_universal.DIGITS + bench_universal.LOWER}
-    labels = {}
-    for name in sorted({name for name, _ in UNIVERSAL_FLOORS}):
-        samples = bench_universal.render_set(name, str(tmp_path / name), 150)
-        labels[name] = {os.path.basename(path): label for path, label in samples}
+    # The bench draws its sets into tmp_path/<set>, each with a labels.tsv, and prints each set's alphabet.
+    proc = run_py([BENCH_UNIVERSAL, "--render_only", "--work_dir", tmp_path, "--count", "150",
+                   "--sets", ",".join(sorted({name for name, _ in UNIVERSAL_FLOORS}))])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    charsets = dict(re.findall(r": 150 captchas of set (\w+), alphabet (\w+)$", proc.stdout, re.M))
+    assert set(charsets) == {name for name, _ in UNIVERSAL_FLOORS}, proc.stdout
+    labels = {name: _labels_tsv(tmp_path / name) for name in charsets}
+    # Told "digits" (digits) or "lower5" (digits and a-z): the alphabet of the sets of that name.
+    alphabets = {told: charsets[name] for name, told in UNIVERSAL_FLOORS if told}
     reads = {}
     for told in ("", "digits", "lower5"):
         names = [name for name, alphabet in UNIVERSAL_FLOORS if alphabet == told]

@@ -101,7 +101,7 @@ def test_the_dejavu_families_come_from_the_matplotlib_package(tmp_path):
     # The shipped robust recipe and the ink held-out style use them, and no path of the system.
     recipe = open(os.path.join(REPO, "configs", "robust.yaml"), encoding="utf-8").read()
     assert re.search(r'^fonts: "captcha,dejavu-sans,dejavu-sans-mono"$', recipe, re.M)
-    assert "/usr/share/fonts" not in open(os.path.join(REPO, "bench", "heldout_styles.py"), encoding="utf-8").read()
+    assert "/usr/share/fonts" not in open(os.path.join(REPO, "research", "heldout_styles.py"), encoding="utf-8").read()
     styled = Renderer(CaptchaSpec(), RenderStyle(fonts=("dejavu-sans-mono",)))
     assert styled.font_files == package_font_files("dejavu-sans-mono")
     proc = render(tmp_path, "--fonts", "captcha,dejavu-serif")

@@ -72,7 +72,7 @@ def test_the_universal_recipe_draws_with_the_pinned_fonts_and_none_held_out():
             pytest.fail("the font packages .ci/run lists are not installed")
         pytest.skip("the universal recipe's fonts are not installed: apt-get install the font packages .ci/run lists")
     names = [os.path.basename(path).lower() for path in renderer.font_files]
-    # bench/heldout_styles.py's faces (DejaVu Serif, Computer Modern) and symbol faces stay out.
+    # research/heldout_styles.py's faces (DejaVu Serif, Computer Modern) and symbol faces stay out.
     assert not [n for n in names if n.startswith(("dejavuserif", "cmss", "cmtt", "standardsymbols", "d050000l"))]
     assert {"liberationserif-regular.ttf", "dejavusans.ttf", "firacode-regular.ttf"} <= set(names)
     image = renderer.render("Ab3dEf7h", "recipe")

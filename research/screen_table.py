@@ -1,11 +1,12 @@
-"""The Markdown table of a network screen: ``python bench/screen_table.py docs/network_screen.jsonl``.
+"""The Markdown table of a network screen: ``python research/screen_table.py docs/network_screen.jsonl``.
 
-One row per design of ``bench/screen_networks.py``'s JSON lines: its speed, its accuracy at the
+One row per design of ``research/screen_networks.py``'s JSON lines: its speed, its accuracy at the
 curve's steps, and its accuracy at equal training minutes (interpolated between curve points, which
 is what "accuracy per CPU-minute" compares).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Dict, List
@@ -42,11 +43,10 @@ def table(rows: List[Dict[str, object]], minutes=(2, 4, 6)) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python bench/screen_table.py SCREEN.jsonl", file=sys.stderr)
-        return 2
-    with open(argv[0], encoding="utf-8") as handle:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("screen", metavar="SCREEN.jsonl", help="the JSON lines of research/screen_networks.py --out")
+    args = parser.parse_args(argv)
+    with open(args.screen, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     print(table(rows))
     return 0

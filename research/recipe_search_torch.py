@@ -10,7 +10,7 @@ classes and CTC blank of the captcha spec, CTC averaged over the batch, global-n
 ``src.lr_schedule.get_lr`` and fp32 arithmetic (TF32 off). Final numbers always come from
 MindSpore on the CPU (``train.py`` / ``eval.py``).
 
-    python bench/recipe_search_torch.py --data data --fresh fresh/test --jobs jobs.json \
+    python research/recipe_search_torch.py --data data --fresh fresh/test --jobs jobs.json \
         --out results --parallel 6 --deadline_s 400 [--charset ... | --config_path ...]
 
 ``jobs.json`` is a list of recipes (see ``Job``); results stream to ``<out>/results.jsonl``

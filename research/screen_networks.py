@@ -9,10 +9,10 @@ the stream never draws; evaluation time is not training time). At the end it tim
 seconds, accuracy, CER), s/step, images/s, parameters. A design is a name from DESIGNS, or
 ``name=key:value,...`` with Config fields::
 
-    python bench/screen_networks.py --designs crnn_light --out docs/network_screen.jsonl
-    python bench/screen_networks.py --designs "wide=network:crnn,crnn_channels:32;64;128;192"
+    python research/screen_networks.py --designs crnn_light --out docs/network_screen.jsonl
+    python research/screen_networks.py --designs "wide=network:crnn,crnn_channels:32;64;128;192"
 
-Run one design per process (the driver in docs/network_screen.md does): each starts clean.
+Run one design per process (one command per design, in turn): each starts clean.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import argparse
 import dataclasses
 import json
 import os
-import platform as host
 import sys
 import tempfile
 import time
 from typing import Dict, List
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench.common import cpu_name  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import CONFIG_FIELDS, Config, _coerce, validate  # noqa: E402
 
@@ -129,18 +129,7 @@ def run_design(name: str, fields: Dict[str, object], args) -> Dict[str, object]:
     return {"design": name, "fields": fields, "steps_planned": args.steps, "minutes_cap": args.minutes,
             "s_per_step": round(float(np.median(step_times)), 4), "inference_images_per_s": round(images_per_s, 1),
             "parameters": int(sum(p.size for p in net.trainable_params())), "ctc_steps": net.sequence_length,
-            "curve": curve, "cpu": _cpu_model(), "cores": os.cpu_count()}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return host.processor() or "unknown"
+            "curve": curve, "cpu": cpu_name(), "cores": os.cpu_count()}
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,9 @@ Not part of the product and not run by CI (PyTorch is not a dependency): it rank
 CPU. Two steps:
 
     # here, with MindSpore: a checkpoint's weights as .npz (the names are PyTorch's already)
-    python bench/adapt_search_torch.py convert pretrained/warpctc.ckpt base.npz
+    python research/adapt_search_torch.py convert pretrained/warpctc.ckpt base.npz
     # on the GPU machine, with PyTorch and the captcha package
-    python bench/adapt_search_torch.py run --base base.npz --adapt ink/adapt1000 --test ink/test1000 \
+    python research/adapt_search_torch.py run --base base.npz --adapt ink/adapt1000 --test ink/test1000 \
         --sanity data/test --jobs jobs.json --out results
 
 The replica: BGR pixels rescaled and normalised as ``src.dataset`` does ("fixed" or "per_image"),

@@ -20,11 +20,14 @@ spoiled, so a model that reads it has generalised rather than memorised a covere
 Each split is a folder of ``<name>.png|jpg`` images plus ``labels.tsv`` (the dataset format
 of README "Your own captchas"), a pure function of (style, seed, split, count)::
 
-    python bench/heldout_styles.py --output_dir heldout --style ink --splits adapt5000,test1000
+    python research/heldout_styles.py --output_dir heldout --style ink --splits adapt5000,test1000
 
 ``adaptN`` and ``testN`` are drawn from different seeds, so a test split is never seen by an
 adaptation run. The alphabet, length and size come from the config (``--config_path``,
-``--charset``, ...).
+``--charset``, ...). ``--seed_text`` gives one split's seed as the text itself instead of
+``<seed>-<split>``: it redraws a set pinned by that text (the tests' sets are drawn so)::
+
+    python research/heldout_styles.py --output_dir /tmp/pinned --style ink --splits test300 --seed_text test-20261126
 """
 from __future__ import annotations
 
@@ -260,7 +263,7 @@ STYLES: Dict[str, Tuple[Callable[[str, random.Random, int, int], Image.Image], s
 }
 
 
-def render_heldout(folder: str, style: str, spec: CaptchaSpec, count: int, seed: int) -> None:
+def render_heldout(folder: str, style: str, spec: CaptchaSpec, count: int, seed: int | str) -> None:
     """Write ``count`` captchas of ``style`` and their ``labels.tsv`` into ``folder`` (created; must be empty)."""
     draw, extension = STYLES[style]
     if os.path.isdir(folder) and os.listdir(folder):
@@ -288,17 +291,25 @@ def main(argv=None) -> int:
     parser.add_argument("--style", choices=sorted(STYLES), required=True)
     parser.add_argument("--splits", default="adapt250,adapt1000,adapt5000,test1000",
                         help="comma-separated <name><count>; each split has its own seed (default: %(default)s)")
+    parser.add_argument("--seed_text", default=None,
+                        help="the split's seed as this text instead of <seed>-<split> (one split only): redraws "
+                             "a set pinned by that text")
     add_config_arguments(parser, ["charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed"])
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
         spec = CaptchaSpec.from_config(cfg)
-        for split in args.splits.split(","):
+        splits = args.splits.split(",")
+        if args.seed_text is not None and len(splits) != 1:
+            raise ValueError(f"--seed_text: give one split, not {len(splits)} ({args.splits}): splits that share "
+                             "a seed share their images")
+        for split in splits:
             match = SPLIT_RE.match(split.strip())
             if not match or int(match.group("count")) <= 0:
                 raise ValueError(f"--splits: {split!r} is not <name><count>, e.g. adapt1000")
             folder = os.path.join(args.output_dir, args.style, split.strip())
-            render_heldout(folder, args.style, spec, int(match.group("count")), hash_seed(cfg.seed, split.strip()))
+            seed = args.seed_text if args.seed_text is not None else hash_seed(cfg.seed, split.strip())
+            render_heldout(folder, args.style, spec, int(match.group("count")), seed)
             print(f"{folder}: {match.group('count')} captchas of style {args.style}", flush=True)
     except ValueError as err:
         return report_error("heldout_styles.py", err)

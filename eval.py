@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from src.cli import report_error, write_stdout
 from src.config import INFERENCE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
-from src.runtime import PLATFORMS
+from src.run.runtime import PLATFORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +42,13 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation; returns the metrics plus accuracy by label length and throughput."""
     from mindspore.train import Model
 
-    from src.checkpoint import load_network
-    from src.dataset import Progress, create_dataset, list_samples
-    from src.manifest import dataset_report
+    from src.checkpoint.model import load_network
+    from src.cli import Progress
+    from src.data.labels import list_samples
+    from src.dataset import create_dataset
+    from src.data.manifest import dataset_report
     from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
-    from src.runtime import set_up
+    from src.run.runtime import set_up
     from src.ctc_head import WithLabelCell
 
     cfg = config_from_args(args)

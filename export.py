@@ -26,7 +26,7 @@ from typing import Dict, Optional, Sequence
 
 from src.cli import report_error
 from src.config import INFERENCE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
-from src.runtime import PLATFORMS
+from src.run.runtime import PLATFORMS
 
 FORMATS = ("MINDIR", "AIR", "ONNX", "CKPT")
 # The export builds a zero input of the whole batch (126 MB at 1,024 images of 64 x 160): a bound
@@ -163,8 +163,8 @@ def export(args: argparse.Namespace) -> str:
     import mindspore as ms
     import numpy as np
 
-    from src.checkpoint import load_network, model_record
-    from src.runtime import set_up
+    from src.checkpoint.model import load_network, model_record
+    from src.run.runtime import set_up
 
     if args.file_format == "AIR" and args.platform != "Ascend":
         raise ValueError("--file_format AIR is only available with --platform Ascend")

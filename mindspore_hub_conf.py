@@ -7,7 +7,7 @@ from typing import Any, Optional
 from mindspore import nn
 
 from src.config import CONFIG_FIELDS, Config, validate
-from src.network import FAMILIES
+from src.models import family_names
 
 
 def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None, platform: str = "CPU",
@@ -22,12 +22,12 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
     loaded and the network is put in inference mode; the checkpoint says which network it is and
     what it reads (alphabet, length, image size, hyper-parameters), and a keyword that contradicts
     it is a ValueError. ``net.spec`` (a :class:`CaptchaSpec`) decodes the outputs:
-    ``net.spec.greedy_decode(net(x).asnumpy())``. No MindSpore context is set: the network runs in
+    ``src.decode.greedy_decode(net.spec, net(x).asnumpy())``. No MindSpore context is set: the network runs in
     the caller's mode, PyNative (MindSpore's default) or graph.
     """
-    if name not in FAMILIES:
-        raise NotImplementedError(f"{name} is not implemented in the WarpCTC hub entry (only {', '.join(FAMILIES)})")
-    from src.runtime import check_platform
+    if name not in family_names():
+        raise NotImplementedError(f"{name} is not implemented in the WarpCTC hub entry (only {', '.join(family_names())})")
+    from src.run.runtime import check_platform
 
     check_platform(platform)
     if args:
@@ -38,7 +38,7 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
 
         net = StackedRNN(*args, **kwargs)
         if checkpoint_path:
-            from src.checkpoint import load_into
+            from src.checkpoint.files import load_into
 
             load_into(net, checkpoint_path)
             net.set_train(False)
@@ -50,11 +50,11 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
         raise ValueError(f"create_network('crnn', network={kwargs['network']!r}): two different networks")
     cfg = dataclasses.replace(Config(), **kwargs)
     if checkpoint_path:
-        from src.checkpoint import load_network
+        from src.checkpoint.model import load_network
 
         # A network asked for (by name or keyword) must be the checkpoint's; "warpctc" alone reads
         # whichever network the checkpoint holds.
         return load_network(checkpoint_path, cfg, platform, given=kwargs)[0]
-    from src.network import create_network as build
+    from src.models import create_network as build
 
     return build(validate(cfg), platform)

@@ -17,8 +17,9 @@ import sys
 from typing import Iterable, List, NamedTuple, Optional, Sequence
 
 from src.cli import report_error, write_stdout
-from src.config import INFERENCE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
-from src.runtime import PLATFORMS
+from src.config import INFERENCE_FIELDS, ServingConfig, add_config_arguments, config_from_args, explicit_overrides
+from src.run.runtime import PLATFORMS
+from src.decode import decode_with_confidence
 
 
 
@@ -50,7 +51,8 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
     Each path must fit one line of the TSV output: one with a tab or a line break, or that is
     not UTF-8, is a ValueError naming it.
     """
-    from src.dataset import check_tsv_name, list_image_files, regular_file_problem
+    from src.data.images import list_image_files, regular_file_problem
+    from src.data.labels import check_tsv_name
 
     paths: List[str] = []
     for item in inputs:
@@ -78,15 +80,16 @@ def predict(paths: Sequence[str], checkpoint_path: str, cfg, platform: str = "CP
     The checkpoint says what it reads; ``given`` names options set explicitly (a contradiction
     with the checkpoint is an error).
     """
-    from src.checkpoint import load_network
-    from src.dataset import Progress, create_predict_dataset
+    from src.checkpoint.model import load_network
+    from src.cli import Progress
+    from src.dataset import create_predict_dataset
 
     net, spec = load_network(checkpoint_path, cfg, platform, given)
     dataset = create_predict_dataset(paths, cfg, spec)
     progress = Progress("predict", len(paths), quiet=quiet)
     results: List[Prediction] = []
     for image, index in dataset.create_tuple_iterator():
-        decoded = spec.greedy_decode_with_confidence(net(image).asnumpy())
+        decoded = decode_with_confidence(spec, net(image).asnumpy())
         for i, (text, confidence) in zip(index.asnumpy().tolist(), decoded):
             results.append(Prediction(paths[i], text, confidence))
         progress.add(len(decoded))
@@ -98,8 +101,8 @@ def predict_onnxruntime(paths: Sequence[str], checkpoint_path: str, cfg, platfor
     """:func:`predict` through the checkpoint's ONNX export, with onnxruntime and numpy: MindSpore is
     imported only the first time a checkpoint is read this way, to export it into ``cfg.onnx_cache``."""
     from src.captcha_spec import READING_FIELDS
-    from src.dataset import MAX_KEPT_BYTES, check_images, load_bgr
-    from src.onnx_reader import OnnxReader
+    from src.data.images import MAX_KEPT_BYTES, check_images, load_bgr
+    from src.serve.onnx_reader import OnnxReader
 
     if not paths:
         raise ValueError("no images to predict")
@@ -115,13 +118,13 @@ def predict_onnxruntime(paths: Sequence[str], checkpoint_path: str, cfg, platfor
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, ServingConfig)
         paths = collect_images(args.inputs)
         if cfg.backend == "onnxruntime":
             results = predict_onnxruntime(paths, args.checkpoint_path, cfg, args.platform,
                                           given=explicit_overrides(args))
         else:
-            from src.runtime import set_up
+            from src.run.runtime import set_up
 
             set_up(args.platform, device_id=args.device_id)
             results = predict(paths, args.checkpoint_path, cfg, args.platform,

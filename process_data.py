@@ -2,14 +2,14 @@
 
 What is rendered comes from the same :class:`src.config.Config` as training (``--config_path``,
 ``--charset``, ``--max_captcha_digits``, ``--captcha_width``, ``--captcha_height``, ``--seed``,
-and the style options of ``src/render.py``, whose renderer draws every image): labels of
+and the style options of ``src/data/render.py``, whose renderer draws every image): labels of
 1..``max_captcha_digits`` characters of the alphabet, length and characters uniform.
 Each file is ``<zero-padded index>-<label>.png``; the label is the part after the first
 ``-``. The same ``--seed`` gives the same labels and byte-identical images whatever the
 number of worker processes. A split is rendered into a hidden staging folder and swapped
 in only when complete, so a re-run never leaves old and new images mixed; a split that fails
 (full disk, read-only folder) leaves the previous one as it was. Every split carries a
-``manifest.json`` saying how it was rendered (see ``src/manifest.py``); an existing folder is
+``manifest.json`` saying how it was rendered (see ``src/data/manifest.py``); an existing folder is
 replaced only when it is empty or that manifest vouches for everything in it, so a user's own
 images are never deleted (see :func:`check_replaceable`). Staging folders left
 by a killed run are removed by the next run, and worker processes die with their parent.
@@ -35,8 +35,8 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 from src.captcha_spec import CaptchaSpec
 from src.cli import report_error
 from src.config import add_config_arguments, config_from_args
-from src.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from src.render import MIN_LENGTH, STYLE_FIELDS, Renderer, RenderStyle, sample_label
+from src.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from src.data.render import MIN_LENGTH, STYLE_FIELDS, Renderer, RenderStyle, sample_label
 
 # The Config fields that decide what is rendered; the others belong to training.
 RENDER_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "seed") + STYLE_FIELDS
@@ -60,7 +60,7 @@ def _plan(count: int, spec: CaptchaSpec, seed: int, split: str) -> Iterator[Tupl
 
 
 def image_seed(seed: int, split: str, index: int) -> str:
-    """The seed image ``index`` of a split is drawn from (see :meth:`src.render.Renderer.render`)."""
+    """The seed image ``index`` of a split is drawn from (see :meth:`src.data.render.Renderer.render`)."""
     return f"warpctc-image-{seed}-{split}-{index}"
 
 

@@ -18,9 +18,9 @@ import threading
 from typing import List, Optional, Sequence, Tuple
 
 from src.cli import report_error
-from src.config import SERVE_FIELDS, add_config_arguments, config_from_args, explicit_overrides
-from src.runtime import PLATFORMS
-from src.server import is_loopback
+from src.config import SERVE_FIELDS, ServingConfig, add_config_arguments, config_from_args, explicit_overrides
+from src.run.runtime import PLATFORMS
+from src.serve.app import is_loopback
 
 TOKEN_VARIABLE = "WARPCTC_SERVE_TOKEN"
 
@@ -124,22 +124,23 @@ def read_pending(store, model, batcher, max_pixels: int) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, ServingConfig)
         token = serve_token(args, cfg.host)
         checkpoints = parse_models(args.checkpoint_path)
         if args.label_dir is not None and not os.path.isdir(args.label_dir):
             raise ValueError(f"--label_dir {args.label_dir}: not a folder")
         if args.label_dir is not None:
-            from src.run_lock import hold_label_folder
+            from src.run.lock import hold_label_folder
 
             label_lock = hold_label_folder(args.label_dir)      # noqa: F841 -- held until the process ends
 
         import uvicorn
 
         from src.captcha_spec import READING_FIELDS
-        from src.runtime import set_up
-        from src.server import create_app
-        from src.serving import Batcher, ServedModel
+        from src.run.runtime import set_up
+        from src.serve.app import create_app
+        from src.serve.backends import ServedModel
+        from src.serve.batcher import Batcher
 
         set_up(args.platform, device_id=args.device_id)
         models = {}
@@ -149,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             models[name] = ServedModel(name, path, cfg, args.platform, given=reading)
         store = None
         if args.label_dir is not None:
-            from src.labelling import LabelStore
+            from src.serve.labelling import LabelStore
 
             default = next(iter(models.values()))
             store = LabelStore(args.label_dir, default.spec)
@@ -168,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             counts = store.counts()
             print(f"serve.py: labelling {args.label_dir}: {counts['labelled']} of {counts['total']} labelled",
                   file=sys.stderr, flush=True)
-    from src.http_guard import guarded_protocol
+    from src.serve.http_guard import guarded_protocol
 
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
                                            http=guarded_protocol(cfg.header_timeout, cfg.max_connections),

@@ -3,8 +3,8 @@ rendered on the fly: ``python train.py --synthetic_images 50000 [options]``, or 
 from __future__ import annotations
 
 if __name__ == "__main__":
-    # Before any import that may start a thread (numpy's OpenBLAS does): see src/interrupt.py.
-    from src.interrupt import block_exit_signals
+    # Before any import that may start a thread (numpy's OpenBLAS does): see src/run/interrupt.py.
+    from src.run.interrupt import block_exit_signals
 
     block_exit_signals()
 
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from src.cli import report_error, stdout_error
 from src.captcha_spec import CaptchaSpec
 from src.config import Config, add_config_arguments, config_from_args, explicit_overrides, validate
-from src.runtime import PLATFORMS, RunInfo, set_up
+from src.run.runtime import PLATFORMS, RunInfo, set_up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +114,7 @@ def check_run_length(cfg: Config, steps_per_epoch: int, dataset_path: Optional[s
 def learning_curve(args: argparse.Namespace, cfg: Config, info: RunInfo, net, lr, start_step: int, spec,
                    total_steps: int):
     """The LearningCurve callback with its held-out batches loaded once, in memory (nothing written yet)."""
-    from src.callbacks import LearningCurve
+    from src.run.callbacks import LearningCurve
     from src.dataset import load_batches
 
     if args.eval_every <= 0 or args.eval_images < 0:
@@ -146,8 +146,8 @@ def make_callbacks(cfg: Config, info: RunInfo, steps_per_epoch: int, start_step:
     """
     from mindspore.train import LossMonitor, TimeMonitor
 
-    from src.callbacks import Progress, ResumePosition, StepCheckpoint, StopAtStep
-    from src.checkpoint import checkpoint_prefix, run_prefixes
+    from src.run.callbacks import Progress, ResumePosition, StepCheckpoint, StopAtStep
+    from src.checkpoint.files import checkpoint_prefix, run_prefixes
 
     progress = Progress(total_steps, optimizer)
     callbacks = [ResumePosition(start_step), LossMonitor(per_print_times=1), progress,
@@ -172,8 +172,8 @@ class RunState:
         self.total_steps: Optional[int] = None
         self.resumed_from: Optional[Tuple[str, int]] = None      # (checkpoint, its global step)
         self.save_checkpoint = True
-        self.progress = None                                       # src.callbacks.Progress
-        self.checkpoints = None                                    # src.callbacks.StepCheckpoint
+        self.progress = None                                       # src.run.callbacks.Progress
+        self.checkpoints = None                                    # src.run.callbacks.StepCheckpoint
 
     def busy(self):
         """Held while a checkpoint is being written."""
@@ -218,10 +218,12 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     import mindspore as ms
     from mindspore.train import Model
 
-    from src.checkpoint import model_record, new_training_id, remove_unfinished_saves, run_prefixes, training_record
-    from src.run_lock import hold_folder
+    from src.checkpoint.files import remove_unfinished_saves, run_prefixes
+    from src.checkpoint.model import model_record
+    from src.checkpoint.records import new_training_id, training_record
+    from src.run.lock import hold_folder
 
-    from src.manifest import dataset_report
+    from src.data.manifest import dataset_report
 
     info = set_up(args.platform, args.run_distribute, args.device_id)
     spec = CaptchaSpec.from_config(cfg)
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
 
             print(f"mixed with: {describe_synthetic(cfg, spec)}", flush=True)
         if cfg.augment_folder:
-            from src.render import AUGMENTATION_FIELDS, RenderStyle
+            from src.data.render import AUGMENTATION_FIELDS, RenderStyle
 
             changed = RenderStyle.from_config(cfg).changes()
             shown = ", ".join(f"{name}={changed[name]}" for name in AUGMENTATION_FIELDS if name in changed)
@@ -258,12 +260,12 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
     record = {"batch_size": cfg.batch_size, "device_num": info.group_size, "steps_per_epoch": steps_per_epoch}
     start_step, training = 0, None          # None: a new training (its id is drawn below)
     if args.init_checkpoint:
-        from src.checkpoint import load_for_finetune
+        from src.checkpoint.finetune import load_for_finetune
 
         notice = load_for_finetune(net, args.init_checkpoint, spec, carry_head=not cfg.fresh_head)
         print(f"{notice}; optimizer and schedule start at step 0", flush=True)
     if args.resume_checkpoint:
-        from src.checkpoint import restore_training
+        from src.checkpoint.resume import restore_training
 
         resumed = restore_training(train_cell, args.resume_checkpoint, record, cfg)
         if resumed.notice:
@@ -323,7 +325,7 @@ def run(args: argparse.Namespace, cfg: Config, state: RunState) -> int:
 def _prunable_checkpoints(folder: str, training: Optional[str], record: Dict[str, int], cfg: Config) -> List[str]:
     """The checkpoints of ``folder`` that this run's pruning may delete: those of the training it
     continues (``training``; None for a new one). Every other checkpoint stays, which one line says."""
-    from src.checkpoint import training_checkpoints
+    from src.checkpoint.resume import training_checkpoints
 
     owned, others = training_checkpoints(folder, training, record, cfg)
     if others:
@@ -334,7 +336,7 @@ def _prunable_checkpoints(folder: str, training: Optional[str], record: Dict[str
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from src.interrupt import exit_on_signals
+    from src.run.interrupt import exit_on_signals
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -347,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError("--init_checkpoint starts a new training and --resume_checkpoint continues one: "
                              "give only one of them")
         if args.init_checkpoint:
-            from src.checkpoint import finetune_config
+            from src.checkpoint.finetune import finetune_config
 
             cfg, notice = finetune_config(args.init_checkpoint, cfg, explicit_overrides(args), args.dataset_path)
             cfg = validate(cfg)

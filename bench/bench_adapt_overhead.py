@@ -48,8 +48,10 @@ def stage_costs(cfg: Config, spec: CaptchaSpec, folder: str, count: int = 100) -
     import numpy as np
     from PIL import Image
 
-    from src.dataset import image_transforms, list_samples, load_bgr
-    from src.render import Renderer, RenderStyle
+    from src.data.images import load_bgr
+    from src.data.labels import list_samples
+    from src.dataset import image_transforms
+    from src.data.render import Renderer, RenderStyle
 
     paths = [path for path, _ in list_samples(folder, spec)][:count]
     renderer = Renderer(spec, RenderStyle.from_config(cfg))

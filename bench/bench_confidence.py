@@ -61,10 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         import predict
-        from src.checkpoint import read_checkpoint, resolve_model
+        from src.checkpoint.files import read_checkpoint
+        from src.checkpoint.model import resolve_model
         from src.config import Config
-        from src.dataset import list_samples
-        from src.runtime import set_up
+        from src.data.labels import list_samples
+        from src.run.runtime import set_up
 
         if args.batch_size <= 0:
             raise ValueError(f"--batch_size must be positive, got {args.batch_size}")

@@ -32,8 +32,8 @@ from src.cli import report_error  # noqa: E402
 
 def make_folder(folder: str, count: int) -> None:
     """``count`` PNGs of one rendered captcha, the first half labelled in labels.tsv (labelling format)."""
-    from src.dataset import LABELLING_HEADER
-    from src.render import Renderer
+    from src.data.labels import LABELLING_HEADER
+    from src.data.render import Renderer
 
     os.makedirs(folder)
     sample = os.path.join(folder, "sample.png")
@@ -52,8 +52,8 @@ def make_folder(folder: str, count: int) -> None:
 
 
 def time_store(folder: str, saves: int) -> dict:
-    from src.dataset import parse_labels_text
-    from src.labelling import LabelStore
+    from src.data.labels import parse_labels_text
+    from src.serve.labelling import LabelStore
 
     started = time.perf_counter()
     store = LabelStore(folder, CaptchaSpec())

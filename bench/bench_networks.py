@@ -44,7 +44,8 @@ def torch_replica(cfg, spec: CaptchaSpec):
     """The network of ``cfg`` in PyTorch: the same layers, shapes and output layout (T, B, C)."""
     from torch import nn
 
-    from src.network import halvings, parse_channels, sequence_length
+    from src.models import architecture, ctc_steps
+    from src.models.geometry import halvings, parse_channels
 
     class Replica(nn.Module):
         def __init__(self):
@@ -81,15 +82,15 @@ def torch_replica(cfg, spec: CaptchaSpec):
             y, _ = self.rnn(x)
             return self.fc(y)
 
-    return Replica(), sequence_length(cfg, spec)
+    return Replica(), ctc_steps(architecture(cfg), spec)
 
 
 def measure(cfg, args) -> dict:
     """Every figure of one network, in this process."""
     import mindspore as ms
 
-    from src.checkpoint import model_record
-    from src.runtime import set_up
+    from src.checkpoint.model import model_record
+    from src.run.runtime import set_up
     from src.warpctc_for_train import build_train_cell
 
     spec = CaptchaSpec.from_config(cfg)

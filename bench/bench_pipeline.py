@@ -150,8 +150,8 @@ def main(argv=None) -> int:
     if args.only == "b":
         return 0
 
-    from src.checkpoint import model_record
-    from src.network import create_network
+    from src.checkpoint.model import model_record
+    from src.models import create_network
 
     with tempfile.TemporaryDirectory(prefix="warpctc_bench_") as scratch:
         ckpt = os.path.join(scratch, "bench.ckpt")

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         if args.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         from src.captcha_spec import CaptchaSpec
-        from src.render import Renderer
+        from src.data.render import Renderer
 
         work = tempfile.mkdtemp(prefix="bench_predict_cold_")
         image = os.path.join(work, "0427.png")

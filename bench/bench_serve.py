@@ -86,8 +86,8 @@ def batch1_forward_ms(checkpoint: str, backend: str, cache: str) -> float:
 import sys, time, numpy as np
 sys.path.insert(0, {REPO!r})
 from src.config import Config
-from src.runtime import set_up
-from src.serving import ServedModel
+from src.run.runtime import set_up
+from src.serve.backends import ServedModel
 set_up("CPU")
 model = ServedModel("m", {checkpoint!r}, Config(backend={backend!r}, onnx_cache={cache!r}))
 x = np.zeros((1, 3, model.spec.input_height, model.spec.width), np.float32)
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="append the JSON row here")
     args = parser.parse_args(argv)
     import process_data
-    from src.checkpoint import read_checkpoint, resolve_model
+    from src.checkpoint.files import read_checkpoint
+    from src.checkpoint.model import resolve_model
 
     cfg = Config()
     _, spec = resolve_model(args.checkpoint_path, read_checkpoint(args.checkpoint_path), cfg)

@@ -27,7 +27,7 @@ from bench.common import cpu_model  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
-from src.render import STYLE_FIELDS  # noqa: E402
+from src.data.render import STYLE_FIELDS  # noqa: E402
 
 # What the timings depend on: the captcha and its style (render cost), the sizes, the workers.
 BENCH_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "batch_size", "hidden_size",
@@ -49,7 +49,7 @@ def make_dataset(variant: str, cfg, spec: CaptchaSpec, png_dir: str, images: int
 
     from src.config import num_workers
     from src.dataset import StreamSampler, SyntheticSource, image_transforms
-    from src.render import Renderer, RenderStyle
+    from src.data.render import Renderer, RenderStyle
 
     # train.py's on-the-fly pipeline, but the source runs in worker processes.
     workers = num_workers(cfg, "CPU", training=True)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
 
     import process_data
     from src.config import num_workers
-    from src.render import RenderStyle
+    from src.data.render import RenderStyle
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")

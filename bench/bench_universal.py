@@ -69,7 +69,7 @@ for _style in ("ink", "stamp", "outline"):
 
 def render_set(name: str, folder: str, count: int) -> List[Tuple[str, str]]:
     """Draw ``count`` captchas of set ``name`` into ``folder``, with their ``labels.tsv``; ``[(path, label)]``."""
-    from src.render import Renderer
+    from src.data.render import Renderer
 
     bench_set = SETS[name]
     os.makedirs(folder, exist_ok=True)

@@ -17,7 +17,8 @@ from typing import Dict
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
-from src.network import halvings, parse_channels, pooled, sequence_length  # noqa: E402
+from src.models import architecture, ctc_steps  # noqa: E402
+from src.models.geometry import halvings, parse_channels, pooled  # noqa: E402
 
 
 def _lstm(inputs: int, hidden: int, steps: int, layers: int, directions: int) -> float:
@@ -30,7 +31,7 @@ def _lstm(inputs: int, hidden: int, steps: int, layers: int, directions: int) ->
 
 def forward_flop(cfg, spec: CaptchaSpec) -> Dict[str, float]:
     """FLOPs per image by part (``backbone``, ``recurrent``, ``head``) and their ``total``."""
-    steps = sequence_length(cfg, spec)
+    steps = ctc_steps(architecture(cfg), spec)
     height, width = spec.input_height, spec.width
     if cfg.network == "crnn":
         backbone, previous = 0.0, 3

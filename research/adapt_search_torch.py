@@ -13,9 +13,9 @@ CPU. Two steps:
 The replica: BGR pixels rescaled and normalised as ``src.dataset`` does ("fixed" or "per_image"),
 every pixel column a time step of the two-layer LSTM, the dense layer, CTC averaged over the batch,
 Adam, ``src.lr_schedule.get_lr``'s cosine with warm-up, global-norm clipping 10, fp32. A job
-reads per epoch every labelled image once (augmented anew by ``src.render.Renderer.augment``
+reads per epoch every labelled image once (augmented anew by ``src.data.render.Renderer.augment``
 when ``augment``) plus ``synthetic`` captchas of the adaptation style, drawn from a pool
-rendered once by ``src.render.Renderer`` (the CPU run draws new ones every epoch).
+rendered once by ``src.data.render.Renderer`` (the CPU run draws new ones every epoch).
 """
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.config import Config  # noqa: E402
-from src.dataset import MEAN, PER_IMAGE_STD_FLOOR, STD, list_samples, load_bgr  # noqa: E402
+from src.data.images import load_bgr  # noqa: E402
+from src.data.labels import list_samples  # noqa: E402
+from src.dataset import MEAN, PER_IMAGE_STD_FLOOR, STD  # noqa: E402
 from src.lr_schedule import get_lr  # noqa: E402
-from src.render import Renderer, RenderStyle, sample_label  # noqa: E402
+from src.data.render import Renderer, RenderStyle, sample_label  # noqa: E402
 
 SPEC = CaptchaSpec()
 
@@ -100,7 +102,7 @@ def load_folder(folder):
 
 
 def convert(checkpoint: str, out: str) -> None:
-    from src.checkpoint import read_checkpoint
+    from src.checkpoint.files import read_checkpoint
 
     params = read_checkpoint(checkpoint)
     np.savez(out, **{k: v.asnumpy() for k, v in params.items() if k.startswith(("lstm.", "fc."))})

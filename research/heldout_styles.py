@@ -1,5 +1,5 @@
 """Captcha styles kept out of training, drawn by this script's own PIL code (not ``captcha``, not
-``src/render.py``), to measure how a model does on captchas it was not made for.
+``src/data/render.py``), to measure how a model does on captchas it was not made for.
 
 A style here is not a mix of the generator's options: it differs in how text is drawn and
 spoiled, so a model that reads it has generalised rather than memorised a covered style.
@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
-from src.render import package_font_files, sample_label, undrawable_characters  # noqa: E402
+from src.data.render import package_font_files, sample_label, undrawable_characters  # noqa: E402
 
 SPLIT_RE = re.compile(r"^(?P<name>[a-z]+)(?P<count>\d+)$")
 

@@ -34,7 +34,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
-from src.dataset import MEAN, STD, load_bgr, parse_label  # noqa: E402
+from src.data.images import load_bgr  # noqa: E402
+from src.data.labels import parse_label  # noqa: E402
+from src.dataset import MEAN, STD  # noqa: E402
 from src.lr_schedule import get_lr  # noqa: E402
 
 # The replica's captcha and network size come from Config; the recipe is the Job's.

@@ -72,7 +72,7 @@ def run_design(name: str, fields: Dict[str, object], args) -> Dict[str, object]:
     from src.captcha_spec import CaptchaSpec
     from src.dataset import create_dataset, load_batches
     from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
-    from src.runtime import set_up
+    from src.run.runtime import set_up
     from src.warpctc_for_train import build_train_cell
 
     recipe = dict(charset=ALNUM, seed=args.seed, optimizer="adam", learning_rate=args.learning_rate,

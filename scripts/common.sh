@@ -10,10 +10,10 @@ PYTHON="${PYTHON:-python3}"
 if [[ "$PYTHON" == */* && "$PYTHON" != /* ]]; then
     PYTHON="$(pwd)/$PYTHON"
 fi
-# The platform list lives once, in src/runtime.py (PLATFORMS = ("Ascend", "GPU", "CPU")); read it
+# The platform list lives once, in src/run/runtime.py (PLATFORMS = ("Ascend", "GPU", "CPU")); read it
 # from there rather than starting Python (a launcher's $PYTHON may not be able to import the project).
-PLATFORMS="$(sed -n 's/^PLATFORMS = (\(.*\))$/\1/p' "$REPO_DIR/src/runtime.py" | tr -d '",')"
-[[ -n "$PLATFORMS" ]] || { echo "common.sh: error: no PLATFORMS tuple in $REPO_DIR/src/runtime.py" >&2; exit 2; }
+PLATFORMS="$(sed -n 's/^PLATFORMS = (\(.*\))$/\1/p' "$REPO_DIR/src/run/runtime.py" | tr -d '",')"
+[[ -n "$PLATFORMS" ]] || { echo "common.sh: error: no PLATFORMS tuple in $REPO_DIR/src/run/runtime.py" >&2; exit 2; }
 
 die() {
     echo "$(basename "$0"): error: $*" >&2

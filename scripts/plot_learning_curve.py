@@ -13,7 +13,7 @@ import sys
 from typing import List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from src.learning_curve import read_learning_curve  # noqa: E402  (the repository root is not on sys.path)
+from src.run.learning_curve import read_learning_curve  # noqa: E402  (the repository root is not on sys.path)
 
 REFERENCE_ERRORS = (5.0, 2.0, 1.0)
 # A row with no error at all cannot sit on a log axis; it is drawn here (1 in 10,000 images,

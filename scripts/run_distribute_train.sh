@@ -31,7 +31,7 @@ server_args=()
 if [[ -n "${SERVER_ID:-}" ]]; then
     server_args=(--server_id "$SERVER_ID")
 fi
-if ! table="$("$PYTHON" "$REPO_DIR/src/hccl_rank_table.py" "$rank_table" "${server_args[@]}" 2>&1)"; then
+if ! table="$("$PYTHON" "$REPO_DIR/tools/hccl_rank_table.py" "$rank_table" "${server_args[@]}" 2>&1)"; then
     die "$(printf '%s\n' "$table" | tail -n 1)"
 fi
 rank_size="$(printf '%s\n' "$table" | sed -n 's/^rank_size \([0-9][0-9]*\)$/\1/p')"

@@ -1,7 +1,7 @@
 """What a captcha is: alphabet, maximum length and image size, and the CTC coding built on them.
 
 Everything that knows what a captcha looks like — the dataset, the network's class count, the
-loss's blank, the metric's decoding, predict, export and the renderer — takes a
+loss's blank, the decoding (``src/decode.py``), predict, export and the renderer — takes a
 :class:`CaptchaSpec` instead of spelling digits, ``10``, ``11`` or ``64 * 3`` itself.
 
 Class coding: character ``charset[i]`` is class ``i``; the CTC blank is the last class,
@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from functools import cached_property
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -148,42 +148,11 @@ class CaptchaSpec:
 
     def decode(self, coded: Sequence[int]) -> str:
         """Class indices -> text; the blank and anything outside the alphabet are dropped."""
-        return self._folded("".join(self.charset[int(v)] for v in coded if 0 <= int(v) < self.blank))
+        return self.folded("".join(self.charset[int(v)] for v in coded if 0 <= int(v) < self.blank))
 
-    def _folded(self, text: str) -> str:
+    def folded(self, text: str) -> str:
+        """``text`` as this spec gives texts: in lower case when it ignores case."""
         return text.lower() if self.ignore_case else text
-
-    def greedy_decode(self, logits: np.ndarray) -> List[str]:
-        """``(T, B, C)`` scores -> B strings: argmax per step, collapse repeats, drop blanks."""
-        return [text for text, _ in self.greedy_decode_with_confidence(logits)]
-
-    def greedy_decode_with_confidence(self, logits: np.ndarray) -> List[Tuple[str, float]]:
-        """Greedy CTC decoding plus a confidence in [0, 1] per sample.
-
-        The confidence is ``P(text | image)`` under the model: the CTC probability of the decoded
-        text, summed over every alignment that spells it (the CTC forward algorithm). Unlike the
-        best path's own probability, it does not fall just because a character's edges are
-        uncertain or a label is long, so it separates right from wrong reads well (README,
-        Prediction).
-        """
-        logits = np.asarray(logits, dtype=np.float64)
-        if logits.ndim != 3 or logits.shape[-1] != self.num_classes:
-            raise ValueError(f"logits of shape {logits.shape} do not fit {self.num_classes} classes "
-                             "(expected (T, B, C))")
-        if self.read_charset:
-            # Dropped classes can be neither the argmax nor part of the text's probability.
-            dropped = np.ones(self.num_classes, dtype=bool)
-            dropped[[self._index[c] for c in self.read_charset] + [self.blank]] = False
-            logits = np.where(dropped, -np.inf, logits)
-        best = logits.argmax(axis=-1).T                                   # (B, T)
-        keep = np.ones_like(best, dtype=bool)
-        keep[:, 1:] = best[:, 1:] != best[:, :-1]
-        keep &= best != self.blank
-        coded = [row[mask] for row, mask in zip(best, keep)]
-        log_probs = logits - _logsumexp(logits)
-        confidence = np.exp(ctc_log_likelihood(log_probs, coded, self.blank))
-        # Folded, the confidence stays that of the case the model read (a lower bound on the text's).
-        return [(self._folded("".join(self.charset[c] for c in row)), float(p)) for row, p in zip(coded, confidence)]
 
     # -- storage ---------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -218,43 +187,6 @@ class CaptchaSpec:
         if self.read_charset:
             text += f", reading only {self.read_charset!r}"
         return text if self.normalization == NORMALIZATIONS[0] else f"{text}, {self.normalization} normalisation"
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    top = x.max(axis=-1, keepdims=True)
-    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
-
-
-def ctc_log_likelihood(log_probs: np.ndarray, labels: Sequence[Sequence[int]], blank: int) -> np.ndarray:
-    """``log P(label | input)`` per sample by the CTC forward algorithm, batched over samples.
-
-    ``log_probs`` is ``(T, B, C)`` log-softmax output; ``labels[b]`` the class indices of sample
-    ``b`` (no blanks; may be empty). Standard CTC: repeated characters need a blank between them.
-    """
-    steps, batch, _ = log_probs.shape
-    lengths = np.array([len(label) for label in labels])
-    states = 2 * int(lengths.max(initial=0)) + 1
-    ext = np.full((batch, states), blank, dtype=np.int64)           # blank, c1, blank, c2, ..., blank
-    for b, label in enumerate(labels):
-        ext[b, 1:2 * len(label):2] = label
-    valid = np.arange(states)[None, :] < (2 * lengths + 1)[:, None]
-    skip = np.zeros((batch, states), dtype=bool)                     # may jump over a blank to here
-    skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
-    emit = np.take_along_axis(log_probs, np.broadcast_to(ext, (steps, batch, states)), axis=2)
-    alpha = np.full((batch, states), -np.inf)
-    alpha[:, 0] = emit[0, :, 0]
-    if states > 1:
-        alpha[:, 1] = np.where(lengths > 0, emit[0, :, 1], -np.inf)
-    pad = np.full((batch, 2), -np.inf)
-    for t in range(1, steps):
-        shifted = np.concatenate([pad, alpha], axis=1)
-        paths = np.logaddexp(alpha, shifted[:, 1:-1])
-        paths = np.logaddexp(paths, np.where(skip, shifted[:, :-2], -np.inf))
-        alpha = np.where(valid, paths + emit[t], -np.inf)
-    rows = np.arange(batch)
-    last = alpha[rows, 2 * lengths]
-    before = np.where(lengths > 0, alpha[rows, np.maximum(2 * lengths - 1, 0)], -np.inf)
-    return np.logaddexp(last, before)
 
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}

@@ -1,10 +1,11 @@
-"""Command-line conventions shared by the entry points."""
+"""Command-line conventions shared by the entry points: one-line errors, stdout, progress lines."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
 import sys
+import time
 from typing import Iterable
 
 
@@ -52,3 +53,30 @@ def stdout_error(err: OSError) -> ValueError:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
     return ValueError(f"cannot write the results to standard output{where}: {err.strerror or err}")
+
+
+class Progress:
+    """``<label>: done/total images (N images/s)`` lines on stderr during a pass over images.
+
+    A line every ``interval`` seconds and one at the end: a 10,000-image evaluation (~80 s on
+    2 cores) shows about 15 lines, a run of a few seconds only the last; stdout is left to the
+    results.
+    """
+
+    def __init__(self, label: str, total: int, quiet: bool = False, interval: float = 5.0):
+        self.label = label
+        self.total = total
+        self.quiet = quiet
+        self.interval = interval
+        self.done = 0
+        self._start = self._last = time.monotonic()
+
+    def add(self, count: int) -> None:
+        """Count ``count`` more images as done; print a line when one is due."""
+        self.done += count
+        now = time.monotonic()
+        if self.quiet or (self.done < self.total and now - self._last < self.interval):
+            return
+        rate = self.done / max(now - self._start, 1e-9)
+        print(f"{self.label}: {self.done}/{self.total} images ({rate:.0f} images/s)", file=sys.stderr, flush=True)
+        self._last = now

@@ -6,7 +6,7 @@ command line (``--batch_size 32``) or from a YAML file (``--config_path my.yaml`
 Precedence: defaults < YAML file < command line. What a captcha is (alphabet, length, size,
 normalisation) is read from a config with ``CaptchaSpec.from_config(cfg)``
 (``src/captcha_spec.py``), how rendered captchas look with ``RenderStyle.from_config(cfg)``
-(``src/render.py``).
+(``src/data/render.py``).
 """
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, RESIZES, CaptchaSpec
-from src.network import check_architecture
-from src.render import RenderStyle
+from src.models import architecture, check_model, family_names, get_family, model_options
+from src.data.render import RenderStyle
 
 _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
 
 
 @dataclass
-class Config:
-    """WarpCTC parameters; names and defaults follow the original model zoo's table."""
+class ModelSection:
+    """What a model reads (the captcha spec's fields) and which network family reads it."""
+
 
     charset: str = field(default=DIGITS, metadata={"help": "the alphabet, case-sensitive: distinct characters, "
                                                            f"at most {MAX_CHARSET:,}; class count = its length + 1, "
@@ -38,36 +39,6 @@ class Config:
     captcha_width: int = field(default=160, metadata={"help": "width of captcha images (the network's CTC steps: this "
                                                               "width for warpctc, width / crnn_width_stride for crnn)"})
     captcha_height: int = field(default=64, metadata={"help": "height of captcha images"})
-    batch_size: int = field(default=64, metadata={"help": "batch size per device"})
-    epoch_size: int = field(default=30, metadata={"help": "training epochs (inference always uses 1)"})
-    hidden_size: int = field(default=512, metadata={"help": "hidden size of both LSTM layers (network warpctc)"})
-    learning_rate: float = field(default=0.01, metadata={"help": "initial learning rate (x device count in data parallel)"})
-    momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD optimizer"})
-    save_checkpoint: bool = field(default=True, metadata={"help": "whether to save checkpoints"})
-    save_checkpoint_steps: int = field(default=97, metadata={"help": "steps between two checkpoints (the last step is always saved)"})
-    keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints of this training"})
-    save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
-    checkpoint_prefix: str = field(default="", metadata={
-        "help": "checkpoints are saved as <prefix>-<epoch>_<step>.ckpt; default: the network's name (warpctc, crnn)"})
-    # Not in the original's table, but fixed there in code; exposed so they are not hidden constants.
-    seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle; process_data.py "
-                                                   "and the on-the-fly stream (--synthetic_images) render from it "
-                                                   "(the same seed gives the same labels and byte-identical "
-                                                   "images)"})
-    clip_global_norm: float = field(default=10.0, metadata={"help": "gradient clipping by global norm"})
-    num_parallel_workers: int = field(default=0, metadata={"help": "dataset workers; 0 = auto (1 for CPU training, "
-                                                                       "else the CPU count capped at 8)"})
-    # Recipe options beyond the original (whose values are the defaults): see README "Results" and
-    # docs/experiments.md.
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum, the original) or adam"})
-    lr_schedule: str = field(default="step", metadata={"help": "step (x0.1 before epochs 10/20/30, the original) "
-                                                               "or cosine (decay to 0 over the run)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
-    train_steps: int = field(default=0, metadata={"help": "stop after this many steps, mid-epoch if need be; the "
-                                                          "schedule spans them (0 = epoch_size whole epochs)"})
-    forget_bias: float = field(default=0.0, metadata={"help": "added to every LSTM forget-gate bias at "
-                                                              "initialisation (0 = MindSpore's default init, the "
-                                                              "original)"})
     normalization: str = field(default=NORMALIZATIONS[0], metadata={
         "help": "input normalisation: fixed (the original's dataset mean/std) or per_image (each channel of each "
                 "image to mean 0, std 1); checkpoints record it, so eval, predict and export apply the same"})
@@ -82,25 +53,28 @@ class Config:
         "help": "read only these characters of the model's alphabet (e.g. 0123456789 for digit captchas read by "
                 "crnn_universal.ckpt): the others are never output; empty: all. Like --ignore_case, eval, predict "
                 "and serve may set it for any checkpoint"})
-    # The network (src/network.py): the original, or the convolutional family; checkpoints record which.
-    # The crnn defaults are the screen's best crnn per CPU-minute (docs/networks.md, "The screen").
     network: str = field(default="warpctc", metadata={
-        "help": "warpctc (the original: an LSTM over pixel columns) or crnn (convolutional backbone, recurrent neck)"})
-    bidirectional: bool = field(default=False, metadata={
-        "help": "network warpctc: its LSTM also reads right to left (false = the original)"})
-    crnn_channels: str = field(default="16,32,64,128", metadata={
-        "help": "network crnn: comma-separated channels of the backbone's stages (each halves the height)"})
-    crnn_convs_per_stage: int = field(default=1, metadata={"help": "network crnn: 3x3 convolutions per stage"})
-    crnn_width_stride: int = field(default=4, metadata={
-        "help": "network crnn: the backbone divides the width by this (1, 2, 4 or 8): CTC steps = width / it"})
-    crnn_batch_norm: bool = field(default=True, metadata={"help": "network crnn: BatchNorm after each convolution"})
-    crnn_hidden_size: int = field(default=128, metadata={"help": "network crnn: hidden size of the neck's 2 LSTM layers"})
-    crnn_bidirectional: bool = field(default=True, metadata={"help": "network crnn: the neck reads both directions"})
-    fresh_head: bool = field(default=False, metadata={
-        "help": "with --init_checkpoint of another alphabet, draw every row of the dense head fresh, as the "
-                "alphanumeric releases were trained, instead of carrying over the rows of the blank and of the "
-                "characters both alphabets share"})
-    # Captchas rendered on the fly (src/render.py, README "Captchas on the fly").
+        "help": "the network family: " + "; ".join(f"{f.name} ({f.summary})" for f in (get_family(n) for n in family_names()))})
+
+
+# The model section: the spec's fields, then every registered family's options (src/models/), so that a
+# family declares its options once and each is a config field, a --<name> option and a YAML key.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig", [(o.name, o.type, field(default=o.default, metadata={"help": o.help})) for o in model_options()],
+    bases=(ModelSection,))
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are batched: the folder's and the on-the-fly stream's options, the
+    render style (``RenderStyle.from_config``) and the image-size limit every reader applies."""
+
+    batch_size: int = field(default=64, metadata={"help": "batch size per device"})
+    num_parallel_workers: int = field(default=0, metadata={"help": "dataset workers; 0 = auto (1 for CPU training, "
+                                                                       "else the CPU count capped at 8)"})
+    max_pixels: int = field(default=4_000_000, metadata={
+        "help": "images of more pixels than this are refused from their header (decompression bombs), "
+                "by every entry point that reads images"})
     synthetic_images: int = field(default=0, metadata={
         "help": "train on this many captchas per epoch rendered on the fly from the spec, the style options and "
                 "the seed: alone, or with --dataset_path mixed into each epoch of the folder's images (0 = the "
@@ -109,8 +83,6 @@ class Config:
         "help": "in training, also apply the style's whole-image augmentations (image_rotation, image_shear, "
                 "image_wave, image_blur, color_jitter, image_noise, jpeg_quality) to the --dataset_path images, "
                 "drawn anew each epoch"})
-    # How rendered captchas look (process_data.py and the on-the-fly stream); the defaults draw as
-    # the captcha package does, every option changed from them adds variety.
     fonts: str = field(default=",".join(_STYLE.fonts), metadata={
         "help": "comma-separated: captcha (the font the captcha package ships), system (the installed fonts "
                 "that draw the whole alphabet), dejavu-sans, dejavu-sans-mono, dejavu-serif (the four DejaVu faces "
@@ -153,10 +125,43 @@ class Config:
     image_scale: float = field(default=_STYLE.image_scale, metadata={
         "help": "shrink the image to a share of its size drawn from [1 - this, 1], as a low-resolution captcha "
                 "(0 = off)"})
-    max_pixels: int = field(default=4_000_000, metadata={
-        "help": "images of more pixels than this are refused from their header (decompression bombs), "
-                "by every entry point that reads images"})
-    # Serving (serve.py only: the other entry points do not offer these options).
+
+
+@dataclass
+class TrainConfig:
+    """The recipe: schedule, optimizer and checkpoints; names and defaults follow the original model zoo's
+    table, the options beyond it default to the original's values."""
+
+    epoch_size: int = field(default=30, metadata={"help": "training epochs (inference always uses 1)"})
+    learning_rate: float = field(default=0.01, metadata={"help": "initial learning rate (x device count in data parallel)"})
+    momentum: float = field(default=0.9, metadata={"help": "momentum of the SGD optimizer"})
+    save_checkpoint: bool = field(default=True, metadata={"help": "whether to save checkpoints"})
+    save_checkpoint_steps: int = field(default=97, metadata={"help": "steps between two checkpoints (the last step is always saved)"})
+    keep_checkpoint_max: int = field(default=30, metadata={"help": "keep only the newest N checkpoints of this training"})
+    save_checkpoint_path: str = field(default="./checkpoint", metadata={"help": "folder for checkpoints"})
+    checkpoint_prefix: str = field(default="", metadata={
+        "help": "checkpoints are saved as <prefix>-<epoch>_<step>.ckpt; default: the network's name (warpctc, crnn)"})
+    seed: int = field(default=1, metadata={"help": "seed for weight init and dataset shuffle; process_data.py "
+                                                   "and the on-the-fly stream (--synthetic_images) render from it "
+                                                   "(the same seed gives the same labels and byte-identical "
+                                                   "images)"})
+    clip_global_norm: float = field(default=10.0, metadata={"help": "gradient clipping by global norm"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum, the original) or adam"})
+    lr_schedule: str = field(default="step", metadata={"help": "step (x0.1 before epochs 10/20/30, the original) "
+                                                               "or cosine (decay to 0 over the run)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    train_steps: int = field(default=0, metadata={"help": "stop after this many steps, mid-epoch if need be; the "
+                                                          "schedule spans them (0 = epoch_size whole epochs)"})
+    fresh_head: bool = field(default=False, metadata={
+        "help": "with --init_checkpoint of another alphabet, draw every row of the dense head fresh, as the "
+                "alphanumeric releases were trained, instead of carrying over the rows of the blank and of the "
+                "characters both alphabets share"})
+
+
+@dataclass
+class ServeConfig:
+    """Serving (serve.py, and predict.py's backend): the other entry points do not offer these options."""
+
     host: str = field(default="127.0.0.1", metadata={
         "help": "address serve.py listens on; anything but loopback needs --token"})
     port: int = field(default=8000, metadata={"help": "TCP port serve.py listens on"})
@@ -176,22 +181,32 @@ class Config:
         "help": "--backend onnxruntime keeps its ONNX exports here, by checkpoint SHA-256 and batch size"})
 
 
+@dataclass
+class Config(TrainConfig, DataConfig, ModelConfig):
+    """What train.py, eval.py, export.py, process_data.py and the benchmarks take: model, data and train."""
+
+
+@dataclass
+class ServingConfig(ServeConfig, DataConfig, ModelConfig):
+    """What serve.py and predict.py take: model, data and serve (no training recipe)."""
+
+
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("step", "cosine")
-CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "serve": ServeConfig}
+# Every YAML key and command-line option, whichever section holds it.
+CONFIG_FIELDS = {f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)}
 BACKENDS = ("mindspore", "onnxruntime")
-# Offered by serve.py alone: add_config_arguments leaves them out unless asked for.
-SERVE_FIELDS = ("host", "port", "backend", "max_batch", "max_wait_ms", "max_images", "max_bytes", "header_timeout",
-                "max_connections", "onnx_cache")
+# Offered by serve.py (and predict.py's backend) alone: add_config_arguments leaves them out unless asked for.
+SERVE_FIELDS = tuple(f.name for f in dataclasses.fields(ServeConfig))
 
 
 # What the reading entry points (eval, predict, export) use: the model's fields (a checkpoint's record
 # decides them; given, they are checked against it), how texts are read, and how images are batched.
 # Their --help offers these alone; a YAML with every key still serves them.
-INFERENCE_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "normalization", "resize",
-                    "ignore_case", "read_charset", "network", "hidden_size", "bidirectional", "crnn_channels",
-                    "crnn_convs_per_stage", "crnn_width_stride", "crnn_batch_norm", "crnn_hidden_size",
-                    "crnn_bidirectional", "batch_size", "num_parallel_workers", "max_pixels")
+INFERENCE_FIELDS = (tuple(f.name for f in dataclasses.fields(ModelSection))
+                    + tuple(option.name for option in model_options() if option.recorded)
+                    + ("batch_size", "num_parallel_workers", "max_pixels"))
 
 
 def _str2bool(text: str) -> bool:
@@ -215,8 +230,8 @@ def _finite_float(text: str) -> float:
 
 
 def _field_type(f: dataclasses.Field) -> type:
-    # With `from __future__ import annotations` the annotation is a string.
-    return {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+    # With `from __future__ import annotations` a class body's annotation is a string; make_dataclass's a type.
+    return f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser,
@@ -333,18 +348,32 @@ def load_yaml_overrides(path: str) -> dict:
     return {name: _coerce(name, value, f"config file {path}") for name, value in data.items()}
 
 
-def validate(cfg: Config) -> Config:
-    """Reject values no run can use, naming the option.
+def validate(cfg):
+    """Reject values no run can use, naming the option; the checks are those of the sections ``cfg`` has.
 
     The captcha fields (alphabet, length, size, normalisation) are checked by building their
-    :class:`CaptchaSpec`, the network's (and the CTC steps it needs) by ``src.network``, the style
-    fields by building their :class:`RenderStyle`: each owns its rules.
+    :class:`CaptchaSpec`, the network's (and the CTC steps it needs) by its family in ``src/models/``, the
+    style fields by building their :class:`RenderStyle`: each owns its rules.
     """
     # --read_charset is checked against the model's alphabet, which a checkpoint may set later.
-    check_architecture(cfg, CaptchaSpec.from_config(dataclasses.replace(cfg, read_charset="")))
+    check_model(architecture(cfg), CaptchaSpec.from_config(dataclasses.replace(cfg, read_charset="")))
     RenderStyle.from_config(cfg)
-    positive = ("batch_size", "epoch_size", "hidden_size", "save_checkpoint_steps", "keep_checkpoint_max")
-    for name in positive:
+    for name in ("batch_size", "max_pixels"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.num_parallel_workers < 0:
+        raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
+    if cfg.synthetic_images < 0:
+        raise ValueError(f"--synthetic_images must be >= 0, got {cfg.synthetic_images}")
+    if isinstance(cfg, TrainConfig):
+        _validate_train(cfg)
+    if isinstance(cfg, ServeConfig):
+        _validate_serve(cfg)
+    return cfg
+
+
+def _validate_train(cfg: TrainConfig) -> None:
+    for name in ("epoch_size", "save_checkpoint_steps", "keep_checkpoint_max"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
     if cfg.learning_rate <= 0:
@@ -361,20 +390,18 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"--train_steps must be >= 0, got {cfg.train_steps}")
     if cfg.warmup_steps < 0:
         raise ValueError(f"--warmup_steps must be >= 0, got {cfg.warmup_steps}")
-    if cfg.num_parallel_workers < 0:
-        raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
-    if cfg.synthetic_images < 0:
-        raise ValueError(f"--synthetic_images must be >= 0, got {cfg.synthetic_images}")
+
+
+def _validate_serve(cfg: ServeConfig) -> None:
     if cfg.backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     if not 0 < cfg.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {cfg.port}")
-    for name in ("max_batch", "max_images", "max_bytes", "max_pixels", "header_timeout", "max_connections"):
+    for name in ("max_batch", "max_images", "max_bytes", "header_timeout", "max_connections"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
     if cfg.max_wait_ms < 0:
         raise ValueError(f"--max_wait_ms must be >= 0, got {cfg.max_wait_ms}")
-    return cfg
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict:
@@ -389,9 +416,12 @@ def explicit_overrides(args: argparse.Namespace) -> dict:
     return values
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Build the effective :class:`Config`: defaults, then the YAML file, then the command line."""
-    return validate(Config(**explicit_overrides(args)))
+def config_from_args(args: argparse.Namespace, kind: type = Config):
+    """Build the effective config (a :class:`Config`, or ``kind``: :class:`ServingConfig` for serve.py and
+    predict.py): defaults, then the YAML file, then the command line. A YAML file may hold every section's keys
+    (one file serves every script); those of sections ``kind`` has not are not its business."""
+    own = {f.name for f in dataclasses.fields(kind)}
+    return validate(kind(**{name: value for name, value in explicit_overrides(args).items() if name in own}))
 
 
 def num_workers(cfg: Config, platform: str = "CPU", training: bool = False) -> int:

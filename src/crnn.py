@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.ctc_head import CTCHead
-from src.network import halvings, pooled
+from src.models.geometry import halvings, pooled
 
 
 class ConvBackbone(nn.Cell):

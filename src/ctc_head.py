@@ -1,7 +1,14 @@
-"""What every network family shares: the dense CTC head, and the evaluation wrapper around a network."""
+"""What every network family shares: the dense CTC head, the recurrent layers' dtype, and the evaluation wrapper
+around a network."""
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import nn
+
+
+def recurrent_dtype(platform: str):
+    """The one platform difference of the networks: Ascend runs the recurrent layers in float16."""
+    return ms.float16 if platform == "Ascend" else ms.float32
 
 
 class CTCHead(nn.Dense):

@@ -1,6 +1,6 @@
 """The WarpCTC metrics: exact-sequence accuracy and character error rate of greedy CTC reads.
 
-Decoding is the :class:`CaptchaSpec`'s (``greedy_decode``): the metrics only compare strings.
+Decoding is ``src.decode.greedy_decode``: the metrics only compare strings.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from mindspore.train import Metric
 
 from src.captcha_spec import CaptchaSpec
+from src.decode import greedy_decode
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -38,7 +39,7 @@ class _DecodingMetric(Metric):
     def update(self, *inputs):
         if len(inputs) != 2:
             raise ValueError(f"{type(self).__name__}.update expects (logits, label), got {len(inputs)} inputs")
-        predictions = self.spec.greedy_decode(_as_numpy(inputs[0]))
+        predictions = greedy_decode(self.spec, _as_numpy(inputs[0]))
         labels = [self.spec.decode(row) for row in _as_numpy(inputs[1])]
         for predicted, label in zip(predictions, labels):
             self._add(predicted, label)

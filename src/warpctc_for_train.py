@@ -42,7 +42,7 @@ def build_train_cell(cfg, platform: str, steps_per_epoch: int, group_size: int =
     from src.captcha_spec import CaptchaSpec
     from src.loss import CTCLoss
     from src.lr_schedule import get_lr
-    from src.network import create_network
+    from src.models import create_network
 
     lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps,
                 cfg.train_steps)

@@ -12,8 +12,10 @@ import pytest
 import process_data
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
-from src.dataset import CaptchaSource, MixedSource, SyntheticSource, create_dataset, list_samples, load_bgr
-from src.render import Renderer, RenderStyle
+from src.data.images import load_bgr
+from src.data.labels import list_samples
+from src.dataset import CaptchaSource, MixedSource, SyntheticSource, create_dataset
+from src.data.render import Renderer, RenderStyle
 from conftest import REPO, run_bash, run_py
 
 TRAIN, EVAL = os.path.join(REPO, "train.py"), os.path.join(REPO, "eval.py")

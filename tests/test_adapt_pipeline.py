@@ -18,8 +18,10 @@ import pytest
 import src.dataset
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
-from src.dataset import PerImageStandardize, SyntheticSource, create_dataset, list_samples, load_bgr
-from src.render import Renderer, RenderStyle
+from src.data.images import load_bgr
+from src.data.labels import list_samples
+from src.dataset import PerImageStandardize, SyntheticSource, create_dataset
+from src.data.render import Renderer, RenderStyle
 from conftest import REPO, run_py
 
 HELDOUT_STYLES = os.path.join(REPO, "research", "heldout_styles.py")

@@ -10,6 +10,7 @@ import pytest
 
 import process_data
 from src.captcha_spec import MAX_CHARSET, SPEC_KEY, CaptchaSpec
+from src.decode import decode_with_confidence, greedy_decode
 from conftest import REPO, run_py
 
 ALNUM = string.digits + string.ascii_uppercase
@@ -52,7 +53,7 @@ def test_round_trips_for_every_alphabet(charset):
             path += [int(c)] * int(rng.integers(1, 4))
             if rng.random() < 0.5:
                 path.append(blank)
-        assert spec.greedy_decode(one_hot_path(spec, path)) == [label]
+        assert greedy_decode(spec, one_hot_path(spec, path)) == [label]
 
 
 def test_case_matters_in_a_mixed_alphabet():
@@ -67,7 +68,7 @@ def test_ignore_case_reads_and_compares_in_lower_case_and_is_stored_only_when_se
     spec = CaptchaSpec(charset=MIXED, ignore_case=True)
     assert spec.decode(spec.encode("aAbB")) == "aabb"
     logits = 10 * np.eye(spec.num_classes)[[spec.charset.index("A"), spec.blank, spec.charset.index("b")]]
-    assert spec.greedy_decode(logits[:, None, :]) == ["ab"]
+    assert greedy_decode(spec, logits[:, None, :]) == ["ab"]
     assert CaptchaSpec.from_json(spec.to_json()) == spec
     assert "ignore_case" not in json.loads(CaptchaSpec(charset=MIXED).to_json())   # as written before it existed
     assert "case ignored" in spec.describe()
@@ -104,10 +105,10 @@ def test_read_charset_reads_only_its_characters_with_their_renormalised_probabil
         else:
             rows[step, spec.charset.index(first)], rows[step, spec.charset.index(second)] = 5.0, 4.0
     logits = rows[:, None, :]
-    assert CaptchaSpec(charset=MIXED).greedy_decode(logits) == ["OA"]
-    [(text, confidence)] = spec.greedy_decode_with_confidence(logits)
+    assert greedy_decode(CaptchaSpec(charset=MIXED), logits) == ["OA"]
+    [(text, confidence)] = decode_with_confidence(spec, logits)
     kept = [spec.charset.index(c) for c in DIGITS] + [spec.blank]
-    only = CaptchaSpec(charset=DIGITS).greedy_decode_with_confidence(rows[:, kept][:, None, :])
+    only = decode_with_confidence(CaptchaSpec(charset=DIGITS), rows[:, kept][:, None, :])
     assert text == "04" and confidence == pytest.approx(only[0][1])
     assert CaptchaSpec.from_json(spec.to_json()) == spec
     assert "read_charset" not in json.loads(CaptchaSpec(charset=MIXED).to_json())
@@ -152,7 +153,7 @@ def brute_force_probability(probs, text_classes, blank):
 def test_confidence_is_the_probability_of_the_decoded_text(probs, text):
     spec = CaptchaSpec(charset="ab", max_length=2, width=4)
     probs = np.array(probs)
-    ((decoded, confidence),) = spec.greedy_decode_with_confidence(np.log(probs)[:, None, :] + 3.0)
+    ((decoded, confidence),) = decode_with_confidence(spec, np.log(probs)[:, None, :] + 3.0)
     assert decoded == text
     expected = brute_force_probability(probs, [spec.charset.index(c) for c in text], spec.blank)
     assert confidence == pytest.approx(expected, rel=1e-9)
@@ -164,8 +165,8 @@ def test_confidence_is_batched_per_sample():
     spec = CaptchaSpec(charset="ab", max_length=2, width=4)
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((5, 6, 3)) * 3
-    together = spec.greedy_decode_with_confidence(logits)
-    alone = [spec.greedy_decode_with_confidence(logits[:, i:i + 1])[0] for i in range(6)]
+    together = decode_with_confidence(spec, logits)
+    alone = [decode_with_confidence(spec, logits[:, i:i + 1])[0] for i in range(6)]
     assert [t for t, _ in together] == [t for t, _ in alone]
     np.testing.assert_allclose([c for _, c in together], [c for _, c in alone], rtol=1e-12)
 

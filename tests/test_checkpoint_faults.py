@@ -12,11 +12,14 @@ import pytest
 
 import mindspore_hub_conf
 import train
-from src.checkpoint import load_for_finetune, load_network, read_checkpoint, resume_point
+from src.checkpoint.files import read_checkpoint
+from src.checkpoint.finetune import load_for_finetune
+from src.checkpoint.model import load_network
+from src.checkpoint.resume import resume_point
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
 from src.lr_schedule import MAX_STEPS, get_lr
-from src.network import create_network
+from src.models import create_network
 from conftest import REPO, TINY, TRAIN, run_py, snapshot
 
 EXPORT = os.path.join(REPO, "export.py")

@@ -11,7 +11,7 @@ import pytest
 
 import predict
 from src.captcha_spec import CaptchaSpec
-from src.dataset import read_labels_tsv
+from src.data.labels import read_labels_tsv
 from conftest import REPO, last_error_line, run_py, snapshot
 
 PREDICT, EVAL = (os.path.join(REPO, name) for name in ("predict.py", "eval.py"))

@@ -7,7 +7,7 @@ import pytest
 
 from src.captcha_spec import CaptchaSpec
 from src.config import Config, add_config_arguments, config_from_args
-from src.render import RenderStyle
+from src.data.render import RenderStyle
 from conftest import REPO, run_py
 
 

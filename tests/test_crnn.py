@@ -14,9 +14,11 @@ from PIL import Image
 
 import mindspore_hub_conf
 from src.captcha_spec import SPEC_KEY, CaptchaSpec
-from src.checkpoint import load_network, model_record, read_checkpoint
+from src.checkpoint.files import read_checkpoint
+from src.checkpoint.model import load_network, model_record
 from src.config import Config
-from src.network import HIDDEN_KEY, NETWORK_KEY, architecture, create_network
+from src.checkpoint.model import HIDDEN_KEY, NETWORK_KEY
+from src.models import architecture, create_network
 from conftest import REPO, last_error_line, run_py
 
 TRAIN, PREDICT, EXPORT = (os.path.join(REPO, name) for name in ("train.py", "predict.py", "export.py"))
@@ -247,7 +249,7 @@ def test_the_factory_says_how_many_steps_each_network_emits():
     ("not json", "Expecting value"),
 ])
 def test_a_damaged_network_record_is_one_line_naming_the_checkpoint(record, reason):
-    from src.network import stored_architecture
+    from src.checkpoint.model import stored_architecture
 
     with pytest.raises(ValueError, match=r"^checkpoint x\.ckpt: damaged network record \(.*" + re.escape(reason)):
         stored_architecture("checkpoint x.ckpt", {NETWORK_KEY: record})

@@ -8,8 +8,10 @@ from PIL import Image
 
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
-from src.dataset import (MEAN, STD, Progress, check_images, create_dataset, list_image_files, list_samples,
-                         load_bgr, parse_label)
+from src.cli import Progress
+from src.data.images import check_images, list_image_files, load_bgr
+from src.data.labels import list_samples, parse_label
+from src.dataset import MEAN, STD, create_dataset
 
 DIGITS = CaptchaSpec()
 

@@ -26,8 +26,8 @@ from src.config import Config
 from src.captcha_spec import CaptchaSpec
 from src.dataset import create_dataset
 from src.loss import CTCLoss
-from src.hccl_rank_table import RankTableError, read_rank_table
-from src.network import create_network
+from tools.hccl_rank_table import RankTableError, read_rank_table
+from src.models import create_network
 from conftest import REPO, TINY
 
 SCRIPTS = os.path.join(REPO, "scripts")

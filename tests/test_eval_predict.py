@@ -16,7 +16,7 @@ from PIL import Image
 
 import mindspore_hub_conf
 import process_data
-from src.checkpoint import load_network
+from src.checkpoint.model import load_network
 from src.config import Config
 from src.metric import edit_distance
 from conftest import REPO, bilinear, ctc_reference, last_error_line, run_bash, run_py

@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 from src.captcha_spec import CaptchaSpec
-from src.checkpoint import load_network
+from src.checkpoint.model import load_network
 from src.config import Config
-from src.dataset import KeepAspectFit, image_transforms, list_samples
-from src.render import Renderer, RenderStyle
+from src.data.labels import list_samples
+from src.dataset import KeepAspectFit, image_transforms
+from src.data.render import Renderer, RenderStyle
 from conftest import REPO, bilinear, last_error_line, run_py
 from tests.test_serve import Server
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 import process_data
 from src.captcha_spec import CaptchaSpec
-from src.dataset import CaptchaSource, check_images, decode_bgr, list_image_files, list_samples, load_bgr
+from src.data.images import check_images, decode_bgr, list_image_files, load_bgr
+from src.data.labels import list_samples
+from src.dataset import CaptchaSource
 from conftest import REPO, TINY, last_error_line, run_py, snapshot
 
 PREDICT, TRAIN = os.path.join(REPO, "predict.py"), os.path.join(REPO, "train.py")

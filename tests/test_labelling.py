@@ -1,4 +1,4 @@
-"""Labelling a folder by hand (src/labelling.py) and training/evaluating on a partly labelled folder.
+"""Labelling a folder by hand (src/serve/labelling.py) and training/evaluating on a partly labelled folder.
 
 The folders hold real captcha PNGs (copied from the session's rendered ``data_root``); their true
 labels are in their names, so a saved label can be checked against the truth.
@@ -18,8 +18,8 @@ import pytest
 
 from predict import Prediction, tsv_line
 from src.captcha_spec import CaptchaSpec
-from src.dataset import LABELLING_HEADER, list_samples, parse_label, read_labels_file, read_labels_tsv
-from src.labelling import LabelStore
+from src.data.labels import LABELLING_HEADER, list_samples, parse_label, read_labels_file, read_labels_tsv
+from src.serve.labelling import LabelStore
 from conftest import REPO, TINY, last_error_line, run_py, snapshot
 
 DIGITS = CaptchaSpec()
@@ -217,7 +217,7 @@ def test_labelling_lines_that_train_py_refuses(folder, lines, message):
 CHILD = textwrap.dedent("""
     import random, sys
     from src.captcha_spec import CaptchaSpec
-    from src.labelling import LabelStore
+    from src.serve.labelling import LabelStore
 
     store = LabelStore(sys.argv[1], CaptchaSpec())
     rng = random.Random(int(sys.argv[2]))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from src.learning_curve import HEADER, read_learning_curve, train_seconds_at
+from src.run.learning_curve import HEADER, read_learning_curve, train_seconds_at
 from conftest import REPO, TINY, last_error_line, run_py
 
 
@@ -76,7 +76,7 @@ def test_a_header_missing_columns_is_refused(tmp_path):
 
 def resumed_curve(path, start_step):
     """train.py's LearningCurve callback for a run resuming at ``start_step`` (no evaluation here)."""
-    from src.callbacks import LearningCurve
+    from src.run.callbacks import LearningCurve
 
     return LearningCurve(None, [], 5, str(path), [0.01] * 30, None, start_step)
 

@@ -4,11 +4,11 @@ import pytest
 
 from src.captcha_spec import CaptchaSpec
 from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate, edit_distance
+from src.decode import decode_with_confidence, greedy_decode
 
 DIGITS = CaptchaSpec()
 B = DIGITS.blank
 NUM_CLASSES = DIGITS.num_classes
-greedy_decode = DIGITS.greedy_decode
 encode_label = DIGITS.encode
 
 
@@ -23,7 +23,7 @@ def logits_for(*paths):
 
 
 def test_greedy_decode_collapses_repeats_and_drops_blanks():
-    decoded = greedy_decode(logits_for(
+    decoded = greedy_decode(DIGITS, logits_for(
         [1, 1, B, 1, 2, 2, B, B],      # a blank splits the repeat: "112"
         [B, B, B, B, B, B, B, B],      # all blanks: ""
         [3, 3, 3, 3, 3, 3, 3, 3],      # one long run: "3"
@@ -59,14 +59,14 @@ def test_edit_distance():
 
 def test_confidence_extremes_and_another_class_count():
     # Scores far beyond exp's range must still give a certain read, not inf/nan.
-    (text, certain), = DIGITS.greedy_decode_with_confidence(logits_for([B, 4, 4, B, 2]) * 1000.0)
+    (text, certain), = decode_with_confidence(DIGITS, logits_for([B, 4, 4, B, 2]) * 1000.0)
     assert (text, certain) == ("42", 1.0)
     # Nothing is tied to ten digits: four characters, blank 4.
     spec = CaptchaSpec(charset="wxyz", max_length=2, width=4)
     scores = np.full((4, 1, 5), -5.0, dtype=np.float32)
     for t, c in enumerate([3, 4, 3, 3]):
         scores[t, 0, c] = 5.0
-    assert spec.greedy_decode_with_confidence(scores)[0][0] == "zz"
+    assert decode_with_confidence(spec, scores)[0][0] == "zz"
 
 
 def test_metrics_decode_with_their_spec():

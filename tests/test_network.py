@@ -8,7 +8,7 @@ from src.config import Config
 from src.captcha_spec import CaptchaSpec
 from src.loss import CTCLoss
 from src.lr_schedule import get_lr
-from src.network import create_network
+from src.models import create_network
 from src.warpctc import StackedRNN, shift_forget_bias
 from src.warpctc_for_train import TrainOneStepCellWithGradClip
 from conftest import ctc_reference
@@ -118,7 +118,7 @@ def test_ctc_loss_network_and_confidence_for_an_alphanumeric_alphabet():
     nll = [ctc_reference(log_probs[:, i], [spec.charset.index(c) for c in s], blank=36) for i, s in enumerate(labels)]
     np.testing.assert_allclose(float(loss.asnumpy()), np.mean(nll), rtol=1e-4)
     # the spec's batched forward pass (predict's confidence) is the same likelihood
-    from src.captcha_spec import ctc_log_likelihood
+    from src.decode import ctc_log_likelihood
     ours = ctc_log_likelihood(log_probs.astype(np.float64), [spec.encode(s)[:len(s)] for s in labels], spec.blank)
     np.testing.assert_allclose(-ours, nll, rtol=1e-6)
     net = create_network(Config(hidden_size=16, charset=spec.charset, captcha_width=10))

@@ -33,8 +33,9 @@ def images(tmp_path_factory):
 def test_numpy_preprocessing_equals_the_mindspore_pipeline(images, normalization, resize):
     from mindspore.dataset.transforms import Compose
 
-    from src.dataset import image_transforms, load_bgr
-    from src.onnx_reader import network_input
+    from src.data.images import load_bgr
+    from src.dataset import image_transforms
+    from src.serve.onnx_reader import network_input
 
     spec = CaptchaSpec(width=256, normalization=normalization, resize=resize)
     pipeline = Compose(image_transforms(spec))

@@ -10,7 +10,7 @@ import pytest
 
 import process_data
 from src.captcha_spec import CaptchaSpec
-from src.dataset import parse_label
+from src.data.labels import parse_label
 from src.metric import edit_distance
 from conftest import REPO, run_bash, run_py
 
@@ -161,8 +161,8 @@ def test_crnn_digits_release_reads_fresh_captchas_better_than_the_original(tmp_p
     # >= 99.6 % on 10,000 fresh captchas is the release's bar; 0.99 is 3 standard errors below it on 1,000
     assert accuracy[CRNN_DIGITS] >= 0.99, accuracy
     assert accuracy[CRNN_DIGITS] >= accuracy[CKPT], accuracy
-    from src.checkpoint import read_checkpoint
-    from src.network import stored_architecture
+    from src.checkpoint.files import read_checkpoint
+    from src.checkpoint.model import stored_architecture
 
     assert stored_architecture(CRNN_DIGITS, read_checkpoint(CRNN_DIGITS))["network"] == "crnn"
 

@@ -16,9 +16,9 @@ from PIL import Image
 
 import process_data
 from src.captcha_spec import CaptchaSpec
-from src.dataset import list_samples, parse_label
-from src.manifest import check_compatible, describe_split, read_manifest
-from src.render import undrawable_characters
+from src.data.labels import list_samples, parse_label
+from src.data.manifest import check_compatible, describe_split, read_manifest
+from src.data.render import undrawable_characters
 from conftest import REPO, remount_ro, run_py, running, snapshot
 
 PROCESS_DATA = os.path.join(REPO, "process_data.py")

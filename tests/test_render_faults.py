@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-import src.render
+import src.data.render
 from src.captcha_spec import CaptchaSpec
-from src.manifest import read_manifest
-from src.render import PACKAGE_FONTS, Renderer, RenderStyle, package_font_files
+from src.data.manifest import read_manifest
+from src.data.render import PACKAGE_FONTS, Renderer, RenderStyle, package_font_files
 from conftest import REPO, TINY, last_error_line, run_py
 
 PROCESS_DATA, TRAIN = os.path.join(REPO, "process_data.py"), os.path.join(REPO, "train.py")
@@ -88,8 +88,8 @@ def test_fonts_system_skips_a_fifo_without_blocking(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert read_manifest(str(tmp_path / "out" / "test"))["style"] == {"fonts": ["system"]}
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert str(user_fonts / "serif.ttf") in src.render.system_font_files()
-    assert str(user_fonts / "pipe.ttf") not in src.render.system_font_files()
+    assert str(user_fonts / "serif.ttf") in src.data.render.system_font_files()
+    assert str(user_fonts / "pipe.ttf") not in src.data.render.system_font_files()
 
 
 def test_the_dejavu_families_come_from_the_matplotlib_package(tmp_path):
@@ -110,7 +110,7 @@ def test_the_dejavu_families_come_from_the_matplotlib_package(tmp_path):
 
 
 def test_without_matplotlib_a_dejavu_family_is_one_line(monkeypatch):
-    monkeypatch.setattr(src.render.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(src.data.render.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError) as info:
         Renderer(CaptchaSpec(), RenderStyle(fonts=("captcha", "dejavu-sans")))
     assert str(info.value) == ("--fonts dejavu-sans: these fonts come from the matplotlib package, which is not "

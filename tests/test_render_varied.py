@@ -1,11 +1,11 @@
-"""The varied text layout (src/render_varied.py) that the universal base trains on: each image its own
+"""The varied text layout (src/data/render_varied.py) that the universal base trains on: each image its own
 width, drawn deterministically from its seed, with the fonts the style names less those it excludes."""
 import numpy as np
 import pytest
 
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
-from src.render import Renderer, RenderStyle
+from src.data.render import Renderer, RenderStyle
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 SPEC = CaptchaSpec(charset=ALNUM, max_length=8, width=256, height=64, resize="keep_aspect")

@@ -112,7 +112,7 @@ def test_models_and_health(server):
     listing = server.get("/models").json()
     assert listing["default"] == "warpctc"
     first, second = listing["models"]
-    from src.serving import sha256_of
+    from src.serve.backends import sha256_of
     assert (first["name"], first["charset"], first["max_length"]) == ("warpctc", "0123456789", 4)
     assert first["sha256"] == sha256_of(DIGITS) and second["sha256"] == sha256_of(ALNUM)
     assert first["image_size"] == {"width": 160, "height": 64} and first["network"]["network"] == "warpctc"

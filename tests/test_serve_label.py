@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from src.dataset import LABELLING_HEADER, list_samples
+from src.data.labels import LABELLING_HEADER, list_samples
 from tests.conftest import REPO
 from tests.test_serve import DIGITS, SERVE, Server, free_port
 
@@ -318,7 +318,7 @@ def test_the_page_starts_from_the_universal_base_on_captchas_of_another_size_and
 
     from src.captcha_spec import CaptchaSpec
     from src.metric import edit_distance
-    from src.render import Renderer
+    from src.data.render import Renderer
 
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
     renderer = Renderer(CaptchaSpec(charset=alphabet, max_length=5, width=200, height=50))

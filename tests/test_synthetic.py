@@ -11,8 +11,10 @@ from PIL import Image
 import process_data
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
-from src.dataset import SyntheticSource, create_dataset, create_predict_dataset, load_bgr
-from src.render import Renderer, RenderStyle, package_font_files, system_font_files
+from src.data.images import load_bgr
+from src.dataset import SyntheticSource, create_dataset, create_predict_dataset
+from src.data.render import Renderer, RenderStyle, package_font_files, system_font_files
+from src.decode import decode_with_confidence
 from conftest import REPO, TINY, run_py
 
 TRAIN, EVAL, EXPORT, PROCESS_DATA = (os.path.join(REPO, n) for n in ("train.py", "eval.py", "export.py",
@@ -242,7 +244,7 @@ def test_a_per_image_checkpoint_is_read_per_image_with_no_flag(per_image_run, da
     import mindspore as ms
 
     import predict
-    from src.checkpoint import load_network
+    from src.checkpoint.model import load_network
 
     ckpt = per_image_run[0] / "checkpoint" / "warpctc-2_2.ckpt"
     paths = sorted(str(data_root / "test" / n) for n in os.listdir(data_root / "test") if n.endswith(".png"))[:8]
@@ -255,8 +257,8 @@ def test_a_per_image_checkpoint_is_read_per_image_with_no_flag(per_image_run, da
                           .create_tuple_iterator(output_numpy=True)])
     np.testing.assert_allclose(fed, by_hand, atol=1e-4)
     read = np.log([r.confidence for r in predict.predict(paths, str(ckpt), Config(), quiet=True)])
-    as_per_image = np.log([c for _, c in spec.greedy_decode_with_confidence(logits)])
-    as_fixed = np.log([c for _, c in spec.greedy_decode_with_confidence(
+    as_per_image = np.log([c for _, c in decode_with_confidence(spec, logits)])
+    as_fixed = np.log([c for _, c in decode_with_confidence(spec, 
         net(ms.Tensor(np.stack([_fixed_by_hand(p) for p in paths]))).asnumpy())])
     np.testing.assert_allclose(read, as_per_image, atol=0.05)           # log P(text), summed over 160 steps
     assert np.abs(read - as_fixed).max() > 1

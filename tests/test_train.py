@@ -10,9 +10,9 @@ import numpy as np
 import mindspore as ms
 import pytest
 
-from src.checkpoint import checkpoint_files, load_into
+from src.checkpoint.files import checkpoint_files, load_into
 from src.config import Config
-from src.network import create_network
+from src.models import create_network
 from conftest import REPO, TINY, TRAIN, last_error_line, run_py
 LOSS_LINE = re.compile(r"epoch: (\d+) step: (\d+), loss is ([0-9.eE+-]+)")
 

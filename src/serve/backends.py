@@ -1,27 +1,26 @@
-"""What serve.py reads images with: loaded models, their inference backends and the dynamic batcher.
+"""What serve.py reads images with: a loaded model and its inference backend.
 
 A :class:`ServedModel` is one checkpoint, loaded once: its spec, its network, and a backend that
 runs a float batch to CTC logits. Batches are padded up to a few fixed sizes (:func:`buckets`),
 so MindSpore's graph mode compiles, and onnxruntime's fixed-shape exports exist, for those sizes
-only; every size is warmed up at start. The :class:`Batcher` thread gathers the images of
-concurrent requests into one forward pass per model. Preprocessing and decoding are predict.py's
-own (``image_transforms``, ``greedy_decode_with_confidence``), so the texts and confidences are
-predict.py's. Nothing here knows HTTP.
+only; every size is warmed up at start. Preprocessing and decoding are predict.py's own
+(``image_transforms``, ``decode_with_confidence``), so the texts and confidences are predict.py's.
+Nothing here knows HTTP.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import io
 import os
-import queue
 import tempfile
-import threading
-import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from src.data.images import MEDIA_TYPES
+from src.decode import decode_with_confidence
+
 
 # The formats predict.py reads (src/dataset.py IMAGE_EXTENSIONS), by Pillow's name for them.
 SERVED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "BMP": "image/bmp"}
@@ -74,7 +73,7 @@ def check_image_bytes(data: bytes, name: str, max_pixels: int) -> None:
         if isinstance(err, UnidentifiedImageError):
             raise ImageProblem(f"{name}: not an image (PNG, JPEG, GIF or BMP expected)", 415) from None
         raise ImageProblem(f"{name}: not a readable image ({' '.join(str(err).split())[:200]})", 415) from None
-    if kind not in SERVED_FORMATS:
+    if kind not in MEDIA_TYPES:
         raise ImageProblem(f"{name}: {kind} images are not read; send PNG, JPEG, GIF or BMP", 415)
     if width * height > max_pixels:
         raise ImageProblem(f"{name}: {width}x{height} is {width * height:,} pixels, over --max_pixels "
@@ -161,7 +160,7 @@ class ServedModel:
     def __init__(self, name: str, checkpoint_path: str, cfg, platform: str = "CPU", given: Sequence[str] = ()):
         from mindspore.dataset.transforms import Compose
 
-        from src.checkpoint import load_network
+        from src.checkpoint.model import load_network
         from src.dataset import image_transforms
 
         self.name = name
@@ -188,7 +187,7 @@ class ServedModel:
 
     def prepare(self, data: bytes, name: str, max_pixels: int) -> np.ndarray:
         """An image file's bytes as the network's ``(3, H, W)`` input; ImageProblem naming ``name`` if unreadable."""
-        from src.dataset import decode_bgr
+        from src.data.images import decode_bgr
 
         check_image_bytes(data, name, max_pixels)
         try:
@@ -204,100 +203,5 @@ class ServedModel:
         if size > count:
             images = np.concatenate([images, np.zeros((size - count,) + images.shape[1:], images.dtype)])
         logits = self.backend(np.ascontiguousarray(images, dtype=np.float32))
-        return self.spec.greedy_decode_with_confidence(logits[:, :count])
+        return decode_with_confidence(self.spec, logits[:, :count])
 
-
-class _Job(NamedTuple):
-    model: ServedModel
-    image: np.ndarray
-    future: concurrent.futures.Future
-
-
-class Batcher:
-    """One thread reads the images of every request: up to ``max_batch`` of one model per forward pass.
-
-    After the first image of a batch it waits up to ``max_wait_ms`` for more, but only while a
-    request that announced itself (:meth:`expect`) has not yet submitted its images: a lone
-    request is read at once.
-    """
-
-    def __init__(self, max_batch: int, max_wait_ms: float):
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000.0
-        self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue()
-        self._held: List[_Job] = []            # taken from the queue for another model's batch
-        self._expected = 0
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-        self._thread.start()
-
-    def expect(self) -> Callable[[], None]:
-        """Announce a request about to submit images; call the returned function if it never does."""
-        with self._lock:
-            self._expected += 1
-        done = threading.Event()
-
-        def cancel() -> None:
-            if not done.is_set():
-                done.set()
-                with self._lock:
-                    self._expected -= 1
-        return cancel
-
-    def submit(self, model: ServedModel, images: Sequence[np.ndarray],
-               announced: Optional[Callable[[], None]] = None) -> List[concurrent.futures.Future]:
-        """Queue prepared images; each future gives ``(text, confidence)``."""
-        futures = []
-        for image in images:
-            future: concurrent.futures.Future = concurrent.futures.Future()
-            self._queue.put(_Job(model, image, future))
-            futures.append(future)
-        if announced is not None:
-            announced()
-        return futures
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _take(self, timeout: Optional[float]) -> Optional[_Job]:
-        if self._held:
-            return self._held.pop(0)
-        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
-
-    def _run(self) -> None:
-        while True:
-            first = self._take(None)
-            if first is None:
-                return
-            batch, held = [first], []
-            deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
-                try:
-                    job = self._take(0)
-                except queue.Empty:
-                    with self._lock:
-                        waiting = self._expected > 0
-                    left = deadline - time.monotonic()
-                    if not waiting or left <= 0:
-                        break
-                    try:
-                        job = self._take(min(left, 0.001))
-                    except queue.Empty:
-                        continue
-                if job is None:
-                    self._queue.put(None)
-                    break
-                (batch if job.model is first.model else held).append(job)
-            self._held = held + self._held
-            self._read(batch)
-
-    def _read(self, batch: List[_Job]) -> None:
-        try:
-            results = batch[0].model.read(np.stack([job.image for job in batch]))
-        except Exception as err:  # a failed forward pass fails its requests, not the server
-            for job in batch:
-                job.future.set_exception(err)
-            return
-        for job, result in zip(batch, results):
-            job.future.set_result(result)

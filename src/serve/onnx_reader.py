@@ -16,6 +16,7 @@ import numpy as np
 
 from src.captcha_spec import READING_FIELDS, CaptchaSpec
 from src.dataset import MEAN, STD, KeepAspectFit, PerImageStandardize
+from src.decode import decode_with_confidence
 
 # The batch sizes exported: full batches of 16, then single images (both among serve.py's buckets).
 BATCH_SIZES = (16, 1)
@@ -86,7 +87,7 @@ class OnnxReader:
         ``given`` options other than reading ones (``reading``: e.g. ``{"read_charset": "0123"}``) are
         checked against the checkpoint as predict.py's MindSpore path does, so they take that path once.
         """
-        from src.serving import sha256_of
+        from src.serve.backends import sha256_of
 
         reading = dict(reading or {})
         spec_path, models = cache_paths(sha256_of(checkpoint_path), cfg.onnx_cache)
@@ -109,9 +110,9 @@ class OnnxReader:
     def export(checkpoint_path: str, cfg, platform: str, given: Sequence[str], spec_path: str,
                models: Dict[int, str]) -> None:
         """Load the checkpoint with MindSpore (checking ``given``), export each batch size, write the spec."""
-        from src.checkpoint import load_network
-        from src.runtime import set_up
-        from src.serving import export_onnx
+        from src.checkpoint.model import load_network
+        from src.run.runtime import set_up
+        from src.serve.backends import export_onnx
 
         set_up(platform)
         net, spec = load_network(checkpoint_path, cfg, platform, [g for g in given if g not in READING_FIELDS])
@@ -132,6 +133,6 @@ class OnnxReader:
             size = next(s for s in BATCH_SIZES if s <= len(images) - start)
             batch = np.stack([network_input(image, self.spec) for image in images[start:start + size]])
             session, name = self.sessions[size]
-            results.extend(self.spec.greedy_decode_with_confidence(session.run(None, {name: batch})[0]))
+            results.extend(decode_with_confidence(self.spec, session.run(None, {name: batch})[0]))
             start += size
         return results

@@ -20,8 +20,8 @@ import threading
 from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from src.captcha_spec import CaptchaSpec
-from src.dataset import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsEntry, LabelsFile, check_tsv_name,
-                         list_image_files, listed_as, read_labels_file, regular_file_problem)
+from src.data.images import list_image_files, regular_file_problem
+from src.data.labels import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsEntry, LabelsFile, check_tsv_name, listed_as, read_labels_file)
 
 
 def _line_end(line: str) -> str:

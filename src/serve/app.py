@@ -2,8 +2,8 @@
 
 Every answer is JSON; every refusal is ``{"error": "<one line>"}`` with a 4xx status, after which the
 server goes on serving. Request bodies are read up to ``max_bytes`` and never written to disk.
-The models and the batcher come from ``src/serving.py``, the labelling state from
-``src/labelling.py``; this module only speaks HTTP.
+The models come from ``src/serve/backends.py``, the batcher from ``src/serve/batcher.py``, the labelling state from
+``src/serve/labelling.py``; this module only speaks HTTP.
 """
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
-from src.serving import Batcher, ImageProblem, ServedModel
+from src.data.images import IMAGE_FORMATS
+from src.serve.backends import ImageProblem, ServedModel
+from src.serve.batcher import Batcher
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "index.html")
 # Static descriptions that hold no data: a browser cannot send a bearer token to load them.
 OPEN_PATHS = ("/", "/healthz", "/docs", "/openapi.json")
 LABEL_BODY_LIMIT = 64 * 1024
-_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                ".bmp": "image/bmp"}
 
 
 class RequestProblem(Exception):
@@ -221,7 +221,7 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
         if not os.path.isfile(PAGE):
-            raise RequestProblem("the page is not installed (src/web/index.html)", 404)
+            raise RequestProblem("the page is not installed (src/serve/web/index.html)", 404)
         return HTMLResponse(open(PAGE, encoding="utf-8").read())
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
@@ -304,7 +304,8 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
             data = await run_in_threadpool(labelling().image_bytes, file)
         except ValueError as err:
             raise item_problem(err) from None
-        return Response(data, media_type=_MEDIA_TYPES.get(os.path.splitext(file)[1].lower(), "application/octet-stream"))
+        kind = IMAGE_FORMATS.get(os.path.splitext(file)[1].lower())
+        return Response(data, media_type=kind[1] if kind else "application/octet-stream")
 
     @app.post("/label", summary="Save one label",
               description='{"file": "<name>", "label": "<text>"} or {"file": "<name>", "unreadable": true}')

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from PIL.ImageFont import FreeTypeFont, truetype
 
 from src.captcha_spec import CaptchaSpec
-from src.render_varied import draw_varied
+from src.data.render_varied import draw_varied
 
 MIN_LENGTH = 1                 # labels have MIN_LENGTH..max_length characters, as the spec reads them
 FONT_EXTENSIONS = (".ttf", ".otf", ".ttc")
@@ -135,7 +135,7 @@ _LIMITS = {"noise_dots": (0, 1000), "noise_curves": (0, 20), "char_rotation": (0
            "image_rotation": (0, 180), "image_shear": (0, 1), "image_wave": (0, 32), "image_blur": (0, 10),
            "color_jitter": (0, 0.9), "background_texture": (0, 1), "strike_lines": (0, 10), "image_noise": (0, 0.5),
            "jpeg_quality": (0, 95), "image_scale": (0, 0.8)}
-# How the text is laid out: captcha's own drawing, or src/render_varied.py's (which also draws
+# How the text is laid out: captcha's own drawing, or src/data/render_varied.py's (which also draws
 # captcha's, at a varied width, for a share of the images).
 TEXT_LAYOUTS = ("captcha", "varied")
 VARIED_CAPTCHA_SHARE = 0.3
@@ -158,7 +158,7 @@ class RenderStyle:
     ``jpeg_quality`` (re-encoded as JPEG of quality from this to 95) and ``image_scale`` (shrunk to
     a share of its size drawn from [1 - this, 1], as a low-resolution captcha) are whole-image
     augmentations. ``text_layout`` ``varied`` draws each image glyph by glyph at its own width
-    (:mod:`src.render_varied`); ``exclude_fonts`` are file-name patterns left out of ``fonts``.
+    (:mod:`src.data.render_varied`); ``exclude_fonts`` are file-name patterns left out of ``fonts``.
     """
 
     fonts: Tuple[str, ...] = ("captcha",)

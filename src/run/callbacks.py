@@ -10,7 +10,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from mindspore.train import Callback
 
-from src.learning_curve import HEADER, partial_last_line, read_learning_curve, train_seconds_at
+from src.run.learning_curve import HEADER, partial_last_line, read_learning_curve, train_seconds_at
 
 
 class ResumePosition(Callback):
@@ -44,7 +44,7 @@ class StepCheckpoint(Callback):
     def __init__(self, directory: str, every: int, keep: int, start_step: int = 0, prefix: str = "warpctc",
                  append: Optional[Mapping[str, object]] = None, owned: Iterable[str] = (),
                  prunable: Sequence[str] = ()):
-        from src.checkpoint import run_prefix
+        from src.checkpoint.files import run_prefix
 
         super().__init__()
         self.directory = directory
@@ -72,7 +72,7 @@ class StepCheckpoint(Callback):
 
     def save(self, cb_params) -> str:
         """Write the checkpoint of the current step, then prune; returns its path."""
-        from src.checkpoint import prune_checkpoints, save_checkpoint_file
+        from src.checkpoint.files import prune_checkpoints, save_checkpoint_file
 
         step = cb_params.cur_step_num
         name = f"{self.prefix}-{cb_params.cur_epoch_num}_{(step - 1) % cb_params.batch_num + 1}.ckpt"
@@ -160,7 +160,7 @@ class LearningCurve(Callback):
     row), ``eval_accuracy, eval_cer``. ``train_seconds`` is cumulative training time across
     resumed runs, evaluation excluded; a resume picks it up at the resume step (interpolated
     between the rows around it). Appending to an existing file writes ``# resumed at step N``
-    first, so resume points stay on record (see ``src.learning_curve``).
+    first, so resume points stay on record (see ``src.run.learning_curve``).
     """
 
     def __init__(self, network, batches, every: int, csv_path: str, learning_rates, spec, start_step: int = 0):

@@ -10,7 +10,7 @@ Two layouts are accepted, as written by MindSpore's ``hccl_tools.py`` and by the
 Numbers may be JSON numbers or strings (the tools write strings). Only the standard library is
 used, so ``scripts/run_distribute_train.sh`` can run this file without MindSpore installed::
 
-    python src/hccl_rank_table.py RANK_TABLE_FILE [--server_id ID]
+    python tools/hccl_rank_table.py RANK_TABLE_FILE [--server_id ID]
 
 prints ``rank_size <N>`` and then one ``<rank_id> <device_id>`` line per rank of this server,
 ordered by rank; any problem is a one-line message on stderr and exit status 2.

@@ -1,0 +1,110 @@
+"""The dynamic batcher: one thread gathers the images of concurrent requests into one forward pass per model
+(:class:`src.serve.backends.ServedModel`). Nothing here knows HTTP or the network."""
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+from typing import Callable, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from src.serve.backends import ServedModel
+
+
+class _Job(NamedTuple):
+    model: ServedModel
+    image: np.ndarray
+    future: concurrent.futures.Future
+
+
+class Batcher:
+    """One thread reads the images of every request: up to ``max_batch`` of one model per forward pass.
+
+    After the first image of a batch it waits up to ``max_wait_ms`` for more, but only while a
+    request that announced itself (:meth:`expect`) has not yet submitted its images: a lone
+    request is read at once.
+    """
+
+    def __init__(self, max_batch: int, max_wait_ms: float):
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._held: List[_Job] = []            # taken from the queue for another model's batch
+        self._expected = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._thread.start()
+
+    def expect(self) -> Callable[[], None]:
+        """Announce a request about to submit images; call the returned function if it never does."""
+        with self._lock:
+            self._expected += 1
+        done = threading.Event()
+
+        def cancel() -> None:
+            if not done.is_set():
+                done.set()
+                with self._lock:
+                    self._expected -= 1
+        return cancel
+
+    def submit(self, model: ServedModel, images: Sequence[np.ndarray],
+               announced: Optional[Callable[[], None]] = None) -> List[concurrent.futures.Future]:
+        """Queue prepared images; each future gives ``(text, confidence)``."""
+        futures = []
+        for image in images:
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            self._queue.put(_Job(model, image, future))
+            futures.append(future)
+        if announced is not None:
+            announced()
+        return futures
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _take(self, timeout: Optional[float]) -> Optional[_Job]:
+        if self._held:
+            return self._held.pop(0)
+        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+
+    def _run(self) -> None:
+        while True:
+            first = self._take(None)
+            if first is None:
+                return
+            batch, held = [first], []
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    job = self._take(0)
+                except queue.Empty:
+                    with self._lock:
+                        waiting = self._expected > 0
+                    left = deadline - time.monotonic()
+                    if not waiting or left <= 0:
+                        break
+                    try:
+                        job = self._take(min(left, 0.001))
+                    except queue.Empty:
+                        continue
+                if job is None:
+                    self._queue.put(None)
+                    break
+                (batch if job.model is first.model else held).append(job)
+            self._held = held + self._held
+            self._read(batch)
+
+    def _read(self, batch: List[_Job]) -> None:
+        try:
+            results = batch[0].model.read(np.stack([job.image for job in batch]))
+        except Exception as err:  # a failed forward pass fails its requests, not the server
+            for job in batch:
+                job.future.set_exception(err)
+            return
+        for job, result in zip(batch, results):
+            job.future.set_result(result)
+

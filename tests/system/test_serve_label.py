@@ -16,7 +16,7 @@ import requests
 
 from src.data.labels import LABELLING_HEADER, list_samples
 from tests.conftest import REPO
-from tests.test_serve import DIGITS, SERVE, Server, free_port
+from tests.system.test_serve import DIGITS, SERVE, Server, free_port
 
 
 @pytest.fixture()

@@ -150,9 +150,9 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                         color_jitter=0.3)),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):
-    assert sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
+    assert sorted(n for n in os.listdir(os.path.join(REPO, "configs"))
                   if n.endswith(".yaml")) == SHIPPED
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+    path = os.path.join(REPO, "configs", name)
     cfg = parse(["--config_path", path])
     assert {key: getattr(cfg, key) for key in expected} == expected
     # every recipe keeps the original batch and clipping, and the warpctc ones its hidden size

@@ -17,7 +17,7 @@ from src.data.labels import list_samples
 from src.dataset import KeepAspectFit, image_transforms
 from src.data.render import Renderer, RenderStyle
 from conftest import REPO, bilinear, last_error_line, run_py
-from tests.test_serve import Server
+from tests.system.test_serve import Server
 
 TRAIN, EVAL, PREDICT, EXPORT = (os.path.join(REPO, f"{name}.py") for name in ("train", "eval", "predict", "export"))
 ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from mindspore import nn
 
-from src.config import CONFIG_FIELDS, Config, validate
+from src.config import Config, validate
 from src.models import family_names
 
 
@@ -26,7 +26,8 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
     the caller's mode, PyNative (MindSpore's default) or graph.
     """
     if name not in family_names():
-        raise NotImplementedError(f"{name} is not implemented in the WarpCTC hub entry (only {', '.join(family_names())})")
+        raise NotImplementedError(f"{name} is not implemented in the WarpCTC hub entry "
+                                  f"(only {', '.join(family_names())})")
     from src.run.runtime import check_platform
 
     check_platform(platform)
@@ -43,9 +44,10 @@ def create_network(name: str, *args: Any, checkpoint_path: Optional[str] = None,
             load_into(net, checkpoint_path)
             net.set_train(False)
         return net
-    unknown = sorted(set(kwargs) - set(CONFIG_FIELDS))
+    known = [f.name for f in dataclasses.fields(Config)]
+    unknown = sorted(set(kwargs) - set(known))
     if unknown:
-        raise TypeError(f"create_network: unknown option(s) {', '.join(unknown)}; known: {', '.join(CONFIG_FIELDS)}")
+        raise TypeError(f"create_network: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if name == "crnn" and kwargs.setdefault("network", "crnn") != "crnn":
         raise ValueError(f"create_network('crnn', network={kwargs['network']!r}): two different networks")
     cfg = dataclasses.replace(Config(), **kwargs)

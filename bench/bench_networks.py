@@ -1,7 +1,7 @@
 """Both network families side by side, on this machine, in one run: training and inference speed.
 
 For each network (each in its own process: the crnn caps oneDNN's instruction set, see
-src/network.py) it measures, after warm-up and reading every result back:
+src/models/) it measures, after warm-up and reading every result back:
 
 - the training step train.py builds (Adam, clip 10, batch 64) and a PyTorch replica of the same
   network, loss and optimizer: s/step each and their ratio;

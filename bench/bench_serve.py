@@ -29,7 +29,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench.common import cpu_name, eval_throughput, free_port  # noqa: E402
-from src.config import Config  # noqa: E402
+from src.config import ServingConfig  # noqa: E402
 
 
 def start_server(checkpoint: str, backend: str, cache: str):
@@ -85,11 +85,11 @@ def batch1_forward_ms(checkpoint: str, backend: str, cache: str) -> float:
     code = f"""
 import sys, time, numpy as np
 sys.path.insert(0, {REPO!r})
-from src.config import Config
+from src.config import ServingConfig
 from src.run.runtime import set_up
 from src.serve.backends import ServedModel
 set_up("CPU")
-model = ServedModel("m", {checkpoint!r}, Config(backend={backend!r}, onnx_cache={cache!r}))
+model = ServedModel("m", {checkpoint!r}, ServingConfig(backend={backend!r}, onnx_cache={cache!r}))
 x = np.zeros((1, 3, model.spec.input_height, model.spec.width), np.float32)
 times = []
 for _ in range(35):
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from src.checkpoint.files import read_checkpoint
     from src.checkpoint.model import resolve_model
 
-    cfg = Config()
+    cfg = ServingConfig()
     _, spec = resolve_model(args.checkpoint_path, read_checkpoint(args.checkpoint_path), cfg)
     row = {"cpu": cpu_name(), "cores": os.cpu_count(), "checkpoint": os.path.basename(args.checkpoint_path),
            "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "backends": {}}

@@ -5,7 +5,7 @@ The backbone turns a ``(B, 3, H, W)`` image into a short sequence of column feat
 the height, and the width too in the first ``log2(width_stride)`` stages. What is left of the
 height is folded into the features, so the sequence has ``T = W / width_stride`` steps. The neck
 is an LSTM (uni- or bidirectional), the head the dense layer every family shares. Built by
-:func:`src.network.create_network`, which checks the hyper-parameters against the captcha spec.
+the crnn family (``src/models/crnn.py``), which checks the hyper-parameters against the captcha spec.
 """
 from __future__ import annotations
 

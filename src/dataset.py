@@ -1,8 +1,8 @@
 """Labelled captchas -> ``mindspore.dataset`` pipeline of ``(image, label)`` batches.
 
 The captchas come from a dataset folder (its labels read by ``src/data/labels.py``, its images by
-``src/data/images.py``) or are rendered on the fly (``src/data/render.py``). On the fly (``synthetic_images``), every sample is a pure function of the seed and its place
-in the stream (see :class:`SyntheticSource`). Labels are checked against the
+``src/data/images.py``) or are rendered on the fly (``src/data/render.py``). On the fly
+(``synthetic_images``), every sample is a pure function of the seed and its place in the stream (see :class:`SyntheticSource`). Labels are checked against the
 :class:`CaptchaSpec` and coded by it (class indices right-padded with the blank), the same way
 on every platform, and images are normalised as the spec says.
 """
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from src.captcha_spec import CaptchaSpec
+from src.config import num_workers
 from src.data.images import MAX_KEPT_BYTES, check_images, load_bgr
 from src.data.labels import list_samples
 from src.data.render import Renderer, RenderStyle, check_fits, resolve_fonts, sample_label
@@ -215,7 +216,7 @@ class PerImageStandardize:
         # float64 statistics: a float32 sum over 10,000 pixels is off by ~1e-4. Each channel as one
         # contiguous row: numpy's mean/std over axes (0, 1) of an HWC image step 3 values at a time and
         # took 0.6 ms per captcha, a sixth of a training step's pipeline work; this takes 0.1 ms and gives
-        # the same float32 values (tests/test_adapt_pipeline.py).
+        # the same float32 values (tests/system/test_adapt_pipeline.py).
         channels = image.reshape(-1, image.shape[-1]).T.astype(np.float64, order="C")
         channels -= channels.mean(axis=1, keepdims=True)
         channels /= np.maximum(np.sqrt(np.square(channels).mean(axis=1, keepdims=True)), PER_IMAGE_STD_FLOOR)
@@ -321,8 +322,6 @@ def create_dataset(dataset_path: Optional[str], cfg, spec: Optional[CaptchaSpec]
     """
     import mindspore.dataset as ds
 
-    from src.config import num_workers
-
     spec = spec or CaptchaSpec.from_config(cfg)
     if num_shards <= 0 or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, num_shards), got shard_id={shard_id}, num_shards={num_shards}")
@@ -399,8 +398,6 @@ class _ImageOnlySource:
 
 def create_predict_dataset(paths: Sequence[str], cfg, spec: CaptchaSpec):
     """Batches of ``(image, index into paths)`` in order, through exactly the training transforms."""
-    from src.config import num_workers
-
     if not paths:
         raise ValueError("no images to predict")
     workers = num_workers(cfg)

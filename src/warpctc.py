@@ -1,5 +1,5 @@
 """The original family (``network: warpctc``): every pixel column is a time step of a 2-layer LSTM, then the
-shared dense CTC head. Built by :func:`src.network.create_network`."""
+shared dense CTC head. Built by its family declaration, ``src/models/warpctc.py``."""
 from __future__ import annotations
 
 import mindspore as ms
@@ -52,7 +52,7 @@ def shift_forget_bias(lstm: nn.LSTM, hidden_size: int, value: float) -> None:
 
     A positive forget bias makes the cell keep its state from the first step, which shortens
     CTC's early all-blank plateau. Gate order in MindSpore's LSTM weights is i, f, g, o, so the
-    forget gate is rows ``hidden_size:2*hidden_size`` (checked by tests/test_network.py).
+    forget gate is rows ``hidden_size:2*hidden_size`` (checked by tests/unit/test_network.py).
     """
     for param in lstm.get_parameters():
         if param.name.rsplit(".", 1)[-1].startswith("bias_ih"):

@@ -4,6 +4,11 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.captcha_spec import CaptchaSpec
+from src.loss import CTCLoss
+from src.lr_schedule import get_lr
+from src.models import create_network
+
 
 class TrainOneStepCellWithGradClip(nn.TrainOneStepCell):
     """``nn.TrainOneStepCell`` plus clipping of the gradients to a global norm.
@@ -39,11 +44,6 @@ def build_train_cell(cfg, platform: str, steps_per_epoch: int, group_size: int =
     Returns ``(net, train_cell, lr)``; ``train.py`` and the benchmarks build the step this way.
     As in the original, the base learning rate is multiplied by the device count.
     """
-    from src.captcha_spec import CaptchaSpec
-    from src.loss import CTCLoss
-    from src.lr_schedule import get_lr
-    from src.models import create_network
-
     lr = get_lr(cfg.epoch_size, steps_per_epoch, cfg.learning_rate * group_size, cfg.lr_schedule, cfg.warmup_steps,
                 cfg.train_steps)
     spec = CaptchaSpec.from_config(cfg)

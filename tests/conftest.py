@@ -142,3 +142,10 @@ def bilinear(image, height, width):
     c0, c1, fc = taps(width, image.shape[1])
     rows = image[r0] * (1 - fr)[:, None, None] + image[r1] * fr[:, None, None]
     return rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c1] * fc[None, :, None]
+
+
+def pytest_collection_modifyitems(items):
+    """tests/unit/ first (quick, in-process), then tests/system/ (processes, servers, the browser): a failing
+    unit shows within seconds, and the in-process unit tests run before any system test has switched this
+    process's MindSpore context or compiled graphs in it."""
+    items.sort(key=lambda item: os.sep + "system" + os.sep in str(item.fspath))

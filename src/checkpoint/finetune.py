@@ -46,7 +46,7 @@ def finetune_config(path: str, cfg, given: Iterable[str], dataset_path: Optional
 
 
 def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec, carry_head: bool = True) -> str:
-    """Load ``path``'s weights into ``net`` (built by ``src.network.create_network``) to start a new
+    """Load ``path``'s weights into ``net`` (built by ``src.models.build_model``) to start a new
     training (``--init_checkpoint``).
 
     The checkpoint must be of the same network with the same hyper-parameters (else a ValueError

@@ -61,14 +61,15 @@ def stored_architecture(source: str, params: Mapping) -> Dict[str, object]:
 
 
 # What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it:
-# the captcha spec's fields and the network's (src/network.py).
-MODEL_FIELDS = tuple(CaptchaSpec().config_values()) + ("network",) + tuple(o.name for o in model_options() if o.recorded)
+# the captcha spec's fields and the network's (its family's recorded options, src/models/).
+MODEL_FIELDS = (tuple(CaptchaSpec().config_values()) + ("network",)
+                + tuple(option.name for option in model_options() if option.recorded))
 
 
 
 def model_record(spec: CaptchaSpec, arch: Mapping[str, object]) -> Dict[str, object]:
     """The checkpoint entries that describe the model: its captcha spec (JSON) and its network
-    (``arch``: ``src.network.architecture(cfg)`` or ``net.architecture``)."""
+    (``arch``: ``src.models.architecture(cfg)`` or ``net.architecture``)."""
     return {SPEC_KEY: spec.to_json(), **network_record(arch)}
 
 

@@ -33,7 +33,8 @@ def pooled(size: int, times: int) -> int:
 
 
 def check_ctc_steps(steps: int, network: str, how: str, spec) -> None:
-    """ValueError when ``steps`` CTC steps cannot spell ``spec.max_length`` characters (``how``: where they come from)."""
+    """ValueError when ``steps`` CTC steps cannot spell ``spec.max_length`` characters (``how``: where the steps
+    come from)."""
     if steps < 2 * spec.max_length:
         # CTC must be able to emit max_length characters with a blank between repeats.
         raise ValueError(f"--captcha_width {spec.width} gives the {network} network {steps} CTC steps ({how}), too "

@@ -10,6 +10,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from mindspore.train import Callback
 
+from src.checkpoint.files import prune_checkpoints, run_prefix, save_checkpoint_file
+from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
 from src.run.learning_curve import HEADER, partial_last_line, read_learning_curve, train_seconds_at
 
 
@@ -44,8 +46,6 @@ class StepCheckpoint(Callback):
     def __init__(self, directory: str, every: int, keep: int, start_step: int = 0, prefix: str = "warpctc",
                  append: Optional[Mapping[str, object]] = None, owned: Iterable[str] = (),
                  prunable: Sequence[str] = ()):
-        from src.checkpoint.files import run_prefix
-
         super().__init__()
         self.directory = directory
         self.every = int(every)
@@ -72,8 +72,6 @@ class StepCheckpoint(Callback):
 
     def save(self, cb_params) -> str:
         """Write the checkpoint of the current step, then prune; returns its path."""
-        from src.checkpoint.files import prune_checkpoints, save_checkpoint_file
-
         step = cb_params.cur_step_num
         name = f"{self.prefix}-{cb_params.cur_epoch_num}_{(step - 1) % cb_params.batch_num + 1}.ckpt"
         path = os.path.join(self.directory, name)
@@ -241,8 +239,6 @@ class LearningCurve(Callback):
             self.clock = time.time()
 
     def evaluate(self):
-        from src.metric import WarpCTCAccuracy, WarpCTCCharErrorRate
-
         accuracy, cer = WarpCTCAccuracy(self.spec), WarpCTCCharErrorRate(self.spec)
         for image, label in self.batches:
             logits = self.network(image).asnumpy()

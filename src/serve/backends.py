@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from src.data.images import MEDIA_TYPES
+from src.data.images import decode_bgr
+from src.dataset import image_transforms
 from src.decode import decode_with_confidence
 
 
@@ -161,8 +163,6 @@ class ServedModel:
         from mindspore.dataset.transforms import Compose
 
         from src.checkpoint.model import load_network
-        from src.dataset import image_transforms
-
         self.name = name
         self.checkpoint_path = checkpoint_path
         self.sha256 = sha256_of(checkpoint_path)
@@ -187,8 +187,6 @@ class ServedModel:
 
     def prepare(self, data: bytes, name: str, max_pixels: int) -> np.ndarray:
         """An image file's bytes as the network's ``(3, H, W)`` input; ImageProblem naming ``name`` if unreadable."""
-        from src.data.images import decode_bgr
-
         check_image_bytes(data, name, max_pixels)
         try:
             image = decode_bgr(data, name)

@@ -21,7 +21,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from src.captcha_spec import CaptchaSpec
 from src.data.images import list_image_files, regular_file_problem
-from src.data.labels import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsEntry, LabelsFile, check_tsv_name, listed_as, read_labels_file)
+from src.data.labels import (LABELLING_HEADER, LABELS_FILE, UNREADABLE_MARK, LabelsEntry, LabelsFile, check_tsv_name,
+                             listed_as, read_labels_file)
 
 
 def _line_end(line: str) -> str:

@@ -4,7 +4,7 @@ A checkpoint is exported to ONNX once, when first read this way (that run import
 cached by its SHA-256 under ``--onnx_cache`` beside its captcha spec; serve.py's onnxruntime
 backend shares the same files. Later runs find the cache and never import MindSpore, so one
 captcha is read in well under a second, cold. The preprocessing is a numpy twin of
-``src.dataset.image_transforms`` (tests/test_onnx_reader.py holds them equal).
+``src.dataset.image_transforms`` (tests/system/test_onnx_reader.py holds them equal).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 from src.captcha_spec import READING_FIELDS, CaptchaSpec
 from src.dataset import MEAN, STD, KeepAspectFit, PerImageStandardize
 from src.decode import decode_with_confidence
+from src.serve.backends import sha256_of
 
 # The batch sizes exported: full batches of 16, then single images (both among serve.py's buckets).
 BATCH_SIZES = (16, 1)
@@ -87,8 +88,6 @@ class OnnxReader:
         ``given`` options other than reading ones (``reading``: e.g. ``{"read_charset": "0123"}``) are
         checked against the checkpoint as predict.py's MindSpore path does, so they take that path once.
         """
-        from src.serve.backends import sha256_of
-
         reading = dict(reading or {})
         spec_path, models = cache_paths(sha256_of(checkpoint_path), cfg.onnx_cache)
         model_options = [name for name in given if name not in READING_FIELDS and name not in ("backend", "onnx_cache",

@@ -18,10 +18,8 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence
 
 from src.cli import report_error, write_stdout
 from src.config import INFERENCE_FIELDS, ServingConfig, add_config_arguments, config_from_args, explicit_overrides
-from src.run.runtime import PLATFORMS
 from src.decode import decode_with_confidence
-
-
+from src.run.runtime import PLATFORMS
 
 
 class Prediction(NamedTuple):

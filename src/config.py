@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, RESIZES, CaptchaSpec
-from src.models import architecture, check_model, family_names, get_family, model_options
+from src.models import architecture, architecture_fields, check_model, family_names, get_family, model_options
 from src.data.render import RenderStyle
 
 _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
@@ -204,9 +204,8 @@ SERVE_FIELDS = tuple(f.name for f in dataclasses.fields(ServeConfig))
 # What the reading entry points (eval, predict, export) use: the model's fields (a checkpoint's record
 # decides them; given, they are checked against it), how texts are read, and how images are batched.
 # Their --help offers these alone; a YAML with every key still serves them.
-INFERENCE_FIELDS = (tuple(f.name for f in dataclasses.fields(ModelSection))
-                    + tuple(option.name for option in model_options() if option.recorded)
-                    + ("batch_size", "num_parallel_workers", "max_pixels"))
+INFERENCE_FIELDS = (tuple(f.name for f in dataclasses.fields(ModelSection) if f.name != "network")
+                    + architecture_fields() + ("batch_size", "num_parallel_workers", "max_pixels"))
 
 
 def _str2bool(text: str) -> bool:

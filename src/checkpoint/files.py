@@ -22,7 +22,6 @@ _CRC_TRAILER = len(_CRC_MARK) + 10
 _WARNED_NO_CRC: Set[str] = set()
 
 
-
 def _crc_matches(path: str) -> Optional[bool]:
     """Whether the CRC that ends ``path`` matches its contents; None when it ends with no CRC."""
     with open(path, "rb") as handle:
@@ -42,7 +41,6 @@ def _crc_matches(path: str) -> Optional[bool]:
             crc = binascii.crc32(chunk, crc)
             left -= len(chunk)
     return crc == int.from_bytes(trailer[len(_CRC_MARK):], "big")
-
 
 
 def read_checkpoint(path: str, names: Optional[Collection[str]] = None, warn: bool = True) -> Dict[str, ms.Parameter]:
@@ -78,7 +76,6 @@ def read_checkpoint(path: str, names: Optional[Collection[str]] = None, warn: bo
     return params
 
 
-
 def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = None,
               ignore: Iterable[str] = ()) -> Dict[str, ms.Parameter]:
     """Load every parameter of ``net`` from ``path``; names and shapes must all match.
@@ -110,14 +107,12 @@ def load_into(net: nn.Cell, path: str, params: Dict[str, ms.Parameter] | None = 
     return params
 
 
-
 _CKPT_NAME = re.compile(r"^(?P<prefix>.+?)(?:_(?P<run>\d+))?-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 
 # A save in progress: MindSpore writes ``.<name>.tmp`` and renames it to ``.<name>.ckpt``, which
 # save_checkpoint_file then renames to ``<name>.ckpt``. ``<name>.tmp`` is what MindSpore's own
 # ModelCheckpoint (earlier versions of train.py) leaves behind.
 _UNFINISHED = re.compile(r"^(?:\.?(?P<a>.+?)(?:_\d+)?-\d+_\d+\.tmp|\.(?P<b>.+?)(?:_\d+)?-\d+_\d+\.ckpt)$")
-
 
 
 class CheckpointFile(NamedTuple):
@@ -130,11 +125,9 @@ class CheckpointFile(NamedTuple):
     path: str
 
 
-
 def checkpoint_prefix(cfg) -> str:
     """The file prefix of a run's checkpoints: ``--checkpoint_prefix``, else the network's name."""
     return cfg.checkpoint_prefix or cfg.network
-
 
 
 def run_prefixes(cfg) -> Tuple[str, ...]:
@@ -144,10 +137,8 @@ def run_prefixes(cfg) -> Tuple[str, ...]:
     return (own,) if own == "warpctc" else (own, "warpctc")
 
 
-
 def prefix_set(prefix: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return (prefix,) if isinstance(prefix, str) else tuple(prefix)
-
 
 
 def checkpoint_files(folder: str, prefix: Union[str, Sequence[str]] = "warpctc") -> List[CheckpointFile]:
@@ -168,7 +159,6 @@ def checkpoint_files(folder: str, prefix: Union[str, Sequence[str]] = "warpctc")
     return sorted(found)
 
 
-
 def run_prefix(folder: str, prefix: str = "warpctc") -> str:
     """The file prefix of a new run in ``folder``: ``prefix``, or ``prefix_N`` after N earlier runs' files.
 
@@ -176,7 +166,6 @@ def run_prefix(folder: str, prefix: str = "warpctc") -> str:
     """
     runs = [f.run for f in checkpoint_files(folder, prefix)] if os.path.isdir(folder) else []
     return f"{prefix}_{max(runs) + 1}" if runs else prefix
-
 
 
 def remove_unfinished_saves(folder: str, prefix: Union[str, Sequence[str]] = "warpctc") -> List[str]:
@@ -191,13 +180,11 @@ def remove_unfinished_saves(folder: str, prefix: Union[str, Sequence[str]] = "wa
     return removed
 
 
-
 def _os_reason(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__
-
 
 
 def save_checkpoint_file(obj, path: str, append_dict: Optional[Mapping] = None) -> None:
@@ -233,7 +220,6 @@ def save_checkpoint_file(obj, path: str, append_dict: Optional[Mapping] = None) 
         if isinstance(err, (OSError, RuntimeError, ValueError)):
             raise ValueError(f"checkpoint {path}: cannot be saved ({_os_reason(err)})") from None
         raise
-
 
 
 def prune_checkpoints(folder: str, keep: int, owned: Collection[str], prefix: Union[str, Sequence[str]] = "warpctc",

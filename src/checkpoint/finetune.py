@@ -12,11 +12,9 @@ from src.captcha_spec import SPEC_KEY, CaptchaSpec
 from src.checkpoint.files import load_into, read_checkpoint
 from src.checkpoint.model import HIDDEN_KEY, NETWORK_KEY, stored_model
 from src.data.labels import fit_spec_to_folder
-from src.models import foreign_options, model_options
+from src.models import architecture_fields, foreign_options
 
 HEAD_PREFIX = "fc."            # the shared head's parameters: fresh when fine-tuning to another alphabet
-
-_NETWORK_FIELDS = ("network",) + tuple(option.name for option in model_options())
 
 
 def finetune_config(path: str, cfg, given: Iterable[str], dataset_path: Optional[str] = None):
@@ -30,7 +28,8 @@ def finetune_config(path: str, cfg, given: Iterable[str], dataset_path: Optional
     params = read_checkpoint(path, names=(NETWORK_KEY, HIDDEN_KEY, SPEC_KEY, "fc.weight"), warn=False)
     stored = stored_model(path, params)
     if "network" in given and stored["network"] != cfg.network:
-        stored = {name: value for name, value in stored.items() if name not in _NETWORK_FIELDS}
+        network = set(architecture_fields())
+        stored = {name: value for name, value in stored.items() if name not in network}
     else:
         foreign = foreign_options(str(stored["network"]), given)
         if foreign:
@@ -42,7 +41,6 @@ def finetune_config(path: str, cfg, given: Iterable[str], dataset_path: Optional
         return cfg, ""
     values, notice = fit_spec_to_folder(dataset_path, CaptchaSpec.from_config(cfg), given)
     return dataclasses.replace(cfg, **values), notice
-
 
 
 def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec, carry_head: bool = True) -> str:
@@ -75,7 +73,6 @@ def load_for_finetune(net: nn.Cell, path: str, spec: CaptchaSpec, carry_head: bo
             f"rows of the blank and of the {len(spec.charset) - len(fresh)} character(s) this alphabet "
             f"{spec.charset!r} shares with it; {len(fresh)} character(s) start fresh"
             + (f" ({fresh!r})" if fresh else ""))
-
 
 
 def _carry_head_rows(net: nn.Cell, params: Mapping, old_charset: str, new: CaptchaSpec) -> None:

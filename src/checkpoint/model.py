@@ -6,10 +6,9 @@ import dataclasses
 import json
 from typing import Dict, Iterable, Mapping
 
-
 from src.captcha_spec import READING_FIELDS, SPEC_KEY, CaptchaSpec
 from src.checkpoint.files import load_into, read_checkpoint
-from src.models import architecture, build_model, family_names, foreign_options, get_family, model_options
+from src.models import architecture, architecture_fields, build_model, family_names, foreign_options, get_family
 
 NETWORK_KEY = "network"        # a checkpoint's JSON entry naming its family and hyper-parameters
 HIDDEN_KEY = "hidden_size"     # the original family's entry (checkpoints before NETWORK_KEY hold only this)
@@ -59,19 +58,15 @@ def stored_architecture(source: str, params: Mapping) -> Dict[str, object]:
     return stored
 
 
-
 # What a model is, stored in every checkpoint (training and released) so --checkpoint_path alone reads it:
 # the captcha spec's fields and the network's (its family's recorded options, src/models/).
-MODEL_FIELDS = (tuple(CaptchaSpec().config_values()) + ("network",)
-                + tuple(option.name for option in model_options() if option.recorded))
-
+MODEL_FIELDS = tuple(CaptchaSpec().config_values()) + architecture_fields()
 
 
 def model_record(spec: CaptchaSpec, arch: Mapping[str, object]) -> Dict[str, object]:
     """The checkpoint entries that describe the model: its captcha spec (JSON) and its network
     (``arch``: ``src.models.architecture(cfg)`` or ``net.architecture``)."""
     return {SPEC_KEY: spec.to_json(), **network_record(arch)}
-
 
 
 def stored_model(path: str, params: Mapping) -> Dict[str, object]:
@@ -95,7 +90,6 @@ def stored_model(path: str, params: Mapping) -> Dict[str, object]:
     return stored
 
 
-
 def model_conflict(stored: Mapping[str, object], cfg, given: Iterable[str], explicit: bool = True) -> str:
     """The first ``given`` option of ``cfg`` that contradicts ``stored`` (a checkpoint's :func:`stored_model`;
     "" when none): a recorded value set otherwise, or, when the user gave them (``explicit``), an option
@@ -107,7 +101,6 @@ def model_conflict(stored: Mapping[str, object], cfg, given: Iterable[str], expl
     if foreign:
         return f"--{foreign[0]} is not an option of its network, {stored['network']}"
     return ""
-
 
 
 def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
@@ -125,7 +118,6 @@ def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
     cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items()
                                       if not (name in READING_FIELDS and name in set(given))})
     return cfg, CaptchaSpec.from_config(cfg)
-
 
 
 def load_network(path: str, cfg, platform: str = "CPU", given: Iterable[str] = ()):

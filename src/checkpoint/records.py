@@ -6,7 +6,6 @@ import secrets
 from typing import Dict, Mapping
 
 
-
 # What a checkpoint's global step means depends on these; a resume must match them (see check_run_record).
 RUN_RECORD_KEYS = ("batch_size", "device_num", "steps_per_epoch")
 
@@ -15,15 +14,12 @@ RUN_RECORD_KEYS = ("batch_size", "device_num", "steps_per_epoch")
 TRAINING_KEY = "training_id"
 
 
-
 def run_record(params: Mapping) -> Dict[str, int]:
     """The run record entries (RUN_RECORD_KEYS) a checkpoint holds; older checkpoints hold none."""
     return {key: int(params[key].asnumpy().reshape(-1)[0]) for key in RUN_RECORD_KEYS if key in params}
 
 
-
 _RECORD_LABELS = {"batch_size": "--batch_size", "device_num": "device count", "steps_per_epoch": "steps per epoch"}
-
 
 
 def record_difference(params: Mapping, current: Mapping[str, int]) -> str:
@@ -34,7 +30,6 @@ def record_difference(params: Mapping, current: Mapping[str, int]) -> str:
             hint = " (another dataset size?)" if key == "steps_per_epoch" else ""
             return f"{_RECORD_LABELS[key]} {current[key]} differs from the checkpoint's {saved[key]}{hint}"
     return ""
-
 
 
 def check_run_record(path: str, params: Mapping, current: Mapping[str, int]) -> None:
@@ -48,17 +43,14 @@ def check_run_record(path: str, params: Mapping, current: Mapping[str, int]) -> 
         raise ValueError(f"checkpoint {path}: {difference}; resume with the settings it was trained with")
 
 
-
 def new_training_id() -> str:
     """The id of a new training, stored in its checkpoints (random: unique across folders and machines)."""
     return secrets.token_hex(8)
 
 
-
 def training_of(params: Mapping) -> str:
     """The training a checkpoint belongs to; "" for one saved before trainings had ids."""
     return str(params.get(TRAINING_KEY, ""))
-
 
 
 def training_record(training: str) -> Dict[str, str]:

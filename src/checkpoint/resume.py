@@ -18,14 +18,12 @@ from src.warpctc_for_train import NOT_RESTORED
 _SCANNED = RUN_RECORD_KEYS + (TRAINING_KEY, SPEC_KEY, HIDDEN_KEY, NETWORK_KEY, "fc.weight")
 
 
-
 class FolderCheckpoint(NamedTuple):
     """A checkpoint of a folder, as a run sees it."""
 
     file: CheckpointFile
     training: Optional[str]     # its training id ("" before ids existed); None when it cannot be read
     misfit: str                 # why it cannot continue this run; "" when it can
-
 
 
 def scan_checkpoints(folder: str, record: Mapping[str, int], cfg,
@@ -49,14 +47,12 @@ def scan_checkpoints(folder: str, record: Mapping[str, int], cfg,
     return scanned
 
 
-
 def _names(checkpoints: List[FolderCheckpoint], shown: int = 3) -> str:
     """The furthest ``shown`` of ``checkpoints`` by file name, with why they do not fit when they do not."""
     parts = [os.path.basename(c.file.path) + (f" ({c.misfit})" if c.misfit else "")
              for c in reversed(checkpoints[-shown:])]
     more = f" and {len(checkpoints) - shown} more" if len(checkpoints) > shown else ""
     return ", ".join(parts) + more
-
 
 
 def resume_point(folder: str, record: Mapping[str, int], cfg,
@@ -89,7 +85,6 @@ def resume_point(folder: str, record: Mapping[str, int], cfg,
     return fitting[-1].file.path, notice
 
 
-
 def training_checkpoints(folder: str, training: Optional[str], record: Mapping[str, int], cfg,
                          prefix: Optional[Union[str, Sequence[str]]] = None) -> Tuple[List[str], List[str]]:
     """``(owned, others)``: the checkpoints of ``folder`` that ``training`` wrote in earlier runs (and
@@ -108,7 +103,6 @@ def training_checkpoints(folder: str, training: Optional[str], record: Mapping[s
     return owned, others
 
 
-
 class Resumed(NamedTuple):
     """What :func:`restore_training` continued from."""
 
@@ -116,7 +110,6 @@ class Resumed(NamedTuple):
     step: int           # its global step
     training: str       # the training it belongs to ("" before ids existed)
     notice: str         # the checkpoints of the folder it skipped, in one line ("" for none)
-
 
 
 def restore_training(train_cell: nn.Cell, path: str, record: Mapping[str, int], cfg) -> Resumed:

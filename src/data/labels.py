@@ -9,7 +9,6 @@ import os
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-
 from src.captcha_spec import CaptchaSpec
 from src.data.images import image_size, list_image_files, regular_file_problem
 

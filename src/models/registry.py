@@ -85,6 +85,11 @@ def model_options() -> Tuple[ModelOption, ...]:
     return tuple(option for family in _FAMILIES.values() for option in family.options)
 
 
+def architecture_fields() -> Tuple[str, ...]:
+    """``network`` and every family's recorded options: the config fields a checkpoint records of a network."""
+    return ("network",) + tuple(option.name for option in model_options() if option.recorded)
+
+
 def architecture(cfg) -> Dict[str, Any]:
     """The family and its recorded options by config name, read from a config: what a checkpoint records."""
     family = get_family(cfg.network)

@@ -137,8 +137,6 @@ async def _request_images(request: Request, body: bytes, max_images: int) -> Lis
     return images
 
 
-
-
 def _host_name(authority: str) -> str:
     """``host`` of ``host[:port]`` or ``[v6]:port``, lower case."""
     authority = authority.strip().lower()

@@ -73,7 +73,6 @@ def test_a_header_missing_columns_is_refused(tmp_path):
     assert str(err.value) == f"{path}: not a learning-curve CSV (header 'step,epoch,train_seconds')"
 
 
-
 def resumed_curve(path, start_step):
     """train.py's LearningCurve callback for a run resuming at ``start_step`` (no evaluation here)."""
     from src.run.callbacks import LearningCurve

@@ -506,6 +506,11 @@ class Renderer:
                 return self.augment(image, rng, background)
             # captcha's drawing at a width of this label's own: 0.6 to 1.1 heights per character.
             generator._width = int(self.spec.height * max(1.6, len(label) * rng.uniform(0.6, 1.1) + 0.4))
+            # One font size per image: captcha centres each glyph on its own ink, so only the size tells
+            # an x from an X, and mixed sizes would hide it.
+            every_size = generator.__dict__.setdefault("_all_truefonts", list(generator.truefonts))
+            sizes = len(style.font_sizes)
+            generator._truefonts = every_size[rng.randrange(sizes)::sizes]
         with _seeded(rng):
             # ImageCaptcha.generate_image, step by step, with the style's amounts.
             background = random_color(*style.background_colors)

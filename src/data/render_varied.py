@@ -8,8 +8,9 @@ seen (the universal base) needs that spread in training. Each image here draws:
 - its background: flat, a two-colour gradient, coarse colour noise, a grid, or a checkerboard;
 - its fonts (one for all characters, or one each) and sizes, from the style's fonts and sizes;
 - its ink: one colour, or one per character, each far enough from the background;
-- each glyph filled, bold, or hollow (outline only), rotated, on a jittered baseline, spaced from
-  overlapping by a third of a glyph to a third of a glyph apart;
+- each glyph filled, bold, or hollow (outline only), rotated, standing on one baseline (jittered by a
+  few pixels) at nearly one size, so that its case shows, spaced from overlapping by a sixth of a glyph
+  to a third of a glyph apart;
 - its clutter: dots, arcs and lines in the ink or other colours, in front of and behind the text.
 
 The style's other options (strike lines, whole-image augmentations) apply afterwards, as for the
@@ -80,24 +81,36 @@ def _background(rng: random.Random, size: Tuple[int, int], colors: Tuple[int, in
     return np.where(line, second, first)
 
 
-def _glyph(char: str, font: FreeTypeFont, color: Color, look: str, angle: float) -> Image.Image:
-    """One character as an RGBA tile: filled, bold or hollow, rotated by ``angle`` degrees."""
+def _glyph(char: str, font: FreeTypeFont, color: Color, look: str, angle: float) -> Tuple[Image.Image, float]:
+    """One character as an RGBA tile cropped to its ink (filled, bold or hollow, rotated by ``angle`` degrees),
+    and the row of the font's baseline in it.
+
+    The baseline is what makes case readable: an ``x`` and an ``X`` of one font differ only in where they
+    stand against it, so glyphs are placed by it, never centred on their own ink.
+    """
     stroke = max(1, font.size // 18)
-    left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
-    tile = Image.new("RGBA", (right - left + 2 * stroke + 4, bottom - top + 2 * stroke + 4), (0, 0, 0, 0))
+    left, _, right, _ = font.getbbox(char, stroke_width=stroke, anchor="ls")
+    ascent, descent = font.getmetrics()
+    margin = stroke + 2
+    tile = Image.new("RGBA", (right - left + 2 * margin, ascent + descent + 2 * margin), (0, 0, 0, 0))
     draw = ImageDraw.Draw(tile)
-    origin = (stroke + 2 - left, stroke + 2 - top)
+    origin = (margin - left, margin + ascent)
     ink = color + (255,)
     if look == "filled":
-        draw.text(origin, char, font=font, fill=ink)
+        draw.text(origin, char, font=font, fill=ink, anchor="ls")
     elif look == "bold":
-        draw.text(origin, char, font=font, fill=ink, stroke_width=stroke, stroke_fill=ink)
+        draw.text(origin, char, font=font, fill=ink, anchor="ls", stroke_width=stroke, stroke_fill=ink)
     else:
         # Hollow: the stroked glyph with its inside punched out (ImageDraw writes the transparent
         # fill over the pixels instead of blending it).
-        draw.text(origin, char, font=font, fill=ink, stroke_width=stroke, stroke_fill=ink)
-        draw.text(origin, char, font=font, fill=(0, 0, 0, 0))
-    return tile.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+        draw.text(origin, char, font=font, fill=ink, anchor="ls", stroke_width=stroke, stroke_fill=ink)
+        draw.text(origin, char, font=font, fill=(0, 0, 0, 0), anchor="ls")
+    height = tile.height
+    tile = tile.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    # The baseline turns about the tile's centre with it; at the centre column it moves by cos(angle).
+    baseline = tile.height / 2 + (origin[1] - height / 2) * math.cos(math.radians(angle))
+    box = tile.getbbox() or (0, 0, tile.width, tile.height)
+    return tile.crop(box), baseline - box[1]
 
 
 def _clutter(draw: ImageDraw.ImageDraw, rng: random.Random, size: Tuple[int, int], inks: List[Color],
@@ -137,30 +150,38 @@ def draw_varied(label: str, rng: random.Random, height: int, font_for: Callable[
     fonts = [rng.randrange(font_count)] * len(label) if one_font else [rng.randrange(font_count) for _ in label]
     size = rng.choice(font_sizes)
     looks = rng.choices(("filled", "bold", "hollow"), weights=(6, 3, 1))[0]
-    tiles = []
+    tiles, baselines = [], []
     for char, ink, index in zip(label, inks, fonts):
-        char_size = size if rng.random() < 0.7 else rng.choice(font_sizes)
+        # Sizes vary a little within a label, never so much that a small capital passes for lower case.
+        char_size = size if rng.random() < 0.7 else max(8, round(size * rng.uniform(0.88, 1.12)))
         look = looks if rng.random() < 0.85 else rng.choice(("filled", "bold", "hollow"))
-        tiles.append(_glyph(char, font_for(index, char_size), ink, look,
-                            rng.uniform(-char_rotation, char_rotation)))
-    spacing = rng.uniform(-0.3, 0.3)
+        tile, baseline = _glyph(char, font_for(index, char_size), ink, look,
+                                rng.uniform(-char_rotation, char_rotation))
+        tiles.append(tile)
+        baselines.append(baseline)
+    spacing = rng.uniform(-0.15, 0.3)
     gaps = [int((spacing + rng.uniform(-0.08, 0.08)) * t.width) for t in tiles[1:]]
     total = sum(t.width for t in tiles) + sum(gaps)
-    scale = min(1.0, (width - 4) / max(total, 1), (height - 2) / max(t.height for t in tiles))
+    # Rows against the common baseline (0), each glyph jittered by up to 6 % of the font size.
+    tops = [rng.uniform(-0.06, 0.06) * size - b for b in baselines]
+    line_top = min(tops)
+    line_height = max(top + t.height for top, t in zip(tops, tiles)) - line_top
+    scale = min(1.0, (width - 4) / max(total, 1), (height - 2) / max(line_height, 1))
     if scale < 1.0:
         tiles = [t.resize((max(1, int(t.width * scale)), max(1, int(t.height * scale))), Image.Resampling.BICUBIC)
                  for t in tiles]
         gaps = [int(g * scale) for g in gaps]
         total = sum(t.width for t in tiles) + sum(gaps)
+        tops, line_top, line_height = [v * scale for v in tops], line_top * scale, line_height * scale
     image = Image.fromarray(np.clip(ground, 0, 255).astype(np.uint8)).convert("RGBA")
     behind = ImageDraw.Draw(image)
     _clutter(behind, rng, (width, height), inks, noise_dots // 2, noise_curves)
     x = rng.randint(2, max(2, width - total - 2))
-    for tile, gap in zip(tiles, [0] + gaps):
+    line_y = rng.uniform(0, max(0.0, height - line_height)) - line_top
+    for tile, gap, top in zip(tiles, [0] + gaps, tops):
         x += gap
-        slack = height - tile.height
-        y = rng.randint(0, slack) if slack > 0 else slack // 2
-        image.alpha_composite(tile, (max(0, min(x, width - tile.width)), max(0, y)))
+        y = int(round(line_y + top))
+        image.alpha_composite(tile, (max(0, min(x, width - tile.width)), max(0, min(y, height - tile.height))))
         x += tile.width
     _clutter(ImageDraw.Draw(image), rng, (width, height), inks, noise_dots - noise_dots // 2, noise_curves)
     mean = tuple(int(v) for v in ground.reshape(-1, 3).mean(axis=0))

@@ -77,3 +77,36 @@ def test_the_universal_recipe_draws_with_the_pinned_fonts_and_none_held_out():
     assert {"liberationserif-regular.ttf", "dejavusans.ttf", "firacode-regular.ttf"} <= set(names)
     image = renderer.render("Ab3dEf7h", "recipe")
     assert image.height <= 64 and image.width > 3 * image.height     # image_scale may shrink it
+
+
+def test_glyphs_stand_on_one_baseline_so_case_shows():
+    """An x and an X of one font differ in how high they reach above the baseline they share; the layout
+    keeps that, so the label's case is in the image (a case-sensitive model cannot learn it otherwise)."""
+    import random
+
+    from PIL import ImageFont
+
+    from src.data.render import package_font_files
+    from src.data.render_varied import draw_varied
+
+    font_file = package_font_files("dejavu-sans")[0]
+
+    def ink_rows(label: str, seed: int) -> list:
+        """Each glyph's top and bottom ink row, on a plain white background with black ink."""
+        image, _, _ = draw_varied(label, random.Random(seed), 64, lambda index, size: ImageFont.truetype(font_file, size),
+                                  1, (40,), (0, 0), (255, 255), 0.0, 0, 0)
+        ink = np.asarray(image.convert("L")) < 128
+        columns = np.flatnonzero(ink.any(axis=0))
+        runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)     # one run of columns per glyph
+        return [(int(np.flatnonzero(ink[:, r].any(axis=1))[0]), int(np.flatnonzero(ink[:, r].any(axis=1))[-1]))
+                for r in runs]
+
+    for label in ("xXxX", "oOoO", "sSsS", "zZzZ"):
+        apart = [rows for rows in (ink_rows(label, seed) for seed in range(12)) if len(rows) == 4]
+        assert len(apart) >= 4, label                  # glyphs that overlap merge into one run; most do not
+        for rows in apart:
+            bottoms = [bottom for _, bottom in rows]
+            small, capital = [b - t for t, b in rows[0::2]], [b - t for t, b in rows[1::2]]
+            assert max(bottoms) - min(bottoms) <= 6, (label, rows)             # one baseline, a few pixels of jitter
+            assert max(small) < min(capital), (label, rows)                    # lower case is shorter
+            assert sum(small) < 0.85 * sum(capital), (label, rows)

@@ -3,8 +3,8 @@
 For each network (each in its own process: the crnn caps oneDNN's instruction set, see
 src/models/) it measures, after warm-up and reading every result back:
 
-- the training step train.py builds (Adam, clip 10, batch 64) and a PyTorch replica of the same
-  network, loss and optimizer: s/step each and their ratio;
+- the training step train.py builds (the config's optimizer, clip 10, batch 64) and a PyTorch replica
+  of the same network, loss and optimizer (``bench.common.torch_train_step``): s/step each and their ratio;
 - inference at batch 64: the MindSpore network, and the same network exported to ONNX and run by
   onnxruntime: images/s each;
 - eval.py end to end (images from PNG files, the pipeline, decoding) on ``--images`` rendered
@@ -31,6 +31,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench.common import batch_arrays as batch, cpu_model, eval_throughput, matmul_peak_gflops, time_steps  # noqa: E402
+from bench.common import torch_train_step  # noqa: E402
 from bench.network_flops import forward_flop  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.config import CONFIG_FIELDS, add_config_arguments, config_from_args, explicit_overrides  # noqa: E402
@@ -38,51 +39,6 @@ from src.config import CONFIG_FIELDS, add_config_arguments, config_from_args, ex
 
 def median_seconds(step, warmup: int, repeats: int) -> float:
     return float(np.median(time_steps(step, repeats, warmup)))
-
-
-def torch_replica(cfg, spec: CaptchaSpec):
-    """The network of ``cfg`` in PyTorch: the same layers, shapes and output layout (T, B, C)."""
-    from torch import nn
-
-    from src.models import architecture, ctc_steps
-    from src.models.geometry import halvings, parse_channels
-
-    class Replica(nn.Module):
-        def __init__(self):
-            super().__init__()
-            if cfg.network == "crnn":
-                layers, previous = [], 3
-                for stage, width in enumerate(parse_channels(cfg.crnn_channels)):
-                    for _ in range(cfg.crnn_convs_per_stage):
-                        layers.append(nn.Conv2d(previous, width, 3, padding=1, bias=not cfg.crnn_batch_norm))
-                        if cfg.crnn_batch_norm:
-                            layers.append(nn.BatchNorm2d(width))
-                        layers.append(nn.ReLU())
-                        previous = width
-                    window = (2, 2) if stage < halvings(cfg.crnn_width_stride) else (2, 1)
-                    layers.append(nn.MaxPool2d(window, window))
-                self.backbone = nn.Sequential(*layers)
-                features = previous * (spec.input_height >> len(parse_channels(cfg.crnn_channels)))
-                self.rnn = nn.LSTM(features, cfg.crnn_hidden_size, 2, bidirectional=cfg.crnn_bidirectional)
-                out = cfg.crnn_hidden_size * (2 if cfg.crnn_bidirectional else 1)
-            else:
-                self.backbone = None
-                self.rnn = nn.LSTM(spec.input_height * 3, cfg.hidden_size, 2, bidirectional=cfg.bidirectional)
-                out = cfg.hidden_size * (2 if cfg.bidirectional else 1)
-            self.fc = nn.Linear(out, spec.num_classes)
-
-        def forward(self, x):
-            if self.backbone is not None:
-                x = self.backbone(x)
-                b, c, h, w = x.shape
-                x = x.reshape(b, c * h, w).permute(2, 0, 1)
-            else:
-                b, _, h, w = x.shape
-                x = x.permute(3, 0, 2, 1).reshape(w, b, h * 3)
-            y, _ = self.rnn(x)
-            return self.fc(y)
-
-    return Replica(), ctc_steps(architecture(cfg), spec)
 
 
 def measure(cfg, args) -> dict:
@@ -105,27 +61,11 @@ def measure(cfg, args) -> dict:
     row["mindspore_images_per_s"] = cfg.batch_size / median_seconds(lambda: net(x).asnumpy(), 2, args.steps * 2)
 
     try:
-        import torch
+        step = torch_train_step(cfg, spec, images, labels, os.cpu_count() or 1)
     except ImportError:
-        torch = None
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count() or 1)
-        replica, steps = torch_replica(cfg, spec)
-        opt = torch.optim.Adam(replica.parameters(), lr=1e-3)
-        ctc = torch.nn.CTCLoss(blank=spec.blank, reduction="mean", zero_infinity=False)
-        tx, ty = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
-        target_lengths = torch.from_numpy((labels != spec.blank).sum(1).astype(np.int64))
-        input_lengths = torch.full((cfg.batch_size,), steps, dtype=torch.int64)
-
-        def torch_step():
-            opt.zero_grad()
-            loss = ctc(replica(tx).log_softmax(-1), ty, input_lengths, target_lengths)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(replica.parameters(), cfg.clip_global_norm)
-            opt.step()
-            return loss.item()
-
-        row["torch_s_per_step"] = median_seconds(torch_step, 2, args.steps)
+        step = None
+    if step is not None:
+        row["torch_s_per_step"] = median_seconds(step, 2, args.steps)
         row["step_ratio_mindspore_over_torch"] = row["mindspore_s_per_step"] / row["torch_s_per_step"]
 
     with tempfile.TemporaryDirectory(prefix="bench_networks_") as scratch:

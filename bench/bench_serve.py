@@ -2,13 +2,14 @@
 
 For each backend it starts ``serve.py`` on a free loopback port and sends one-image requests
 (multipart, a rendered captcha each) from ``C`` concurrent clients for each concurrency level,
-then reports requests/s and the p50/p99 latency. In the same run it measures what serving is
+then reports requests/s, the p50/p99 latency, and where the server's time went (its ``GET /stats``:
+the forward passes' sizes and padding, and the share of the time spent in them). In the same run it measures what serving is
 compared with: eval.py's images/s on the same number of images (a separate process, as a user runs
 it), and one batch-1 forward pass of the same backend (median of 30). Targets (issue 25): at
 concurrency 32, >= 80 % of eval.py's images/s; a lone request's p50 <= 2x the batch-1 forward.
 
     python bench/bench_serve.py [--checkpoint_path pretrained/warpctc.ckpt] [--backends mindspore,onnxruntime]
-        [--concurrency 1,8,32] [--requests 400] [--images 2000]
+        [--concurrency 1,8,32] [--requests 400] [--images 2000] [--max_wait_ms 5,20]
 
 The clients run in this process, on the same 2 cores as the server: their CPU time is part of
 what is measured, as it would be for a scraper on the same box.
@@ -30,14 +31,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench.common import cpu_name, eval_throughput, free_port  # noqa: E402
 from src.config import ServingConfig  # noqa: E402
+from src.serve.backends import buckets  # noqa: E402
 
 
-def start_server(checkpoint: str, backend: str, cache: str):
+def start_server(checkpoint: str, backend: str, cache: str, max_wait_ms: float):
     import requests
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "serve.py"), "--checkpoint_path", checkpoint,
-                             "--backend", backend, "--onnx_cache", cache, "--port", str(port), "--quiet"],
+                             "--backend", backend, "--onnx_cache", cache, "--port", str(port), "--quiet",
+                             "--max_wait_ms", str(max_wait_ms)],
                             env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -52,8 +55,26 @@ def start_server(checkpoint: str, backend: str, cache: str):
     raise RuntimeError("serve.py did not start")
 
 
-def load(url: str, images, concurrency: int, count: int) -> dict:
-    """``count`` one-image requests from ``concurrency`` clients: requests/s, p50 and p99 in ms."""
+def batcher_profile(before: dict, after: dict, sizes) -> dict:
+    """Where the server's time went between two ``GET /stats``: the forward passes' mean image count, the
+    share of padding in them (batches are padded up to ``sizes``), the share of the wall time the batcher
+    spent in forward passes, and the mean pass."""
+    passes = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
+    passes = {k: v for k, v in passes.items() if v}
+    count = sum(passes.values())
+    if not count:
+        return {}
+    images = sum(k * v for k, v in passes.items())
+    padded = sum(v * next(size for size in sizes if size >= k) for k, v in passes.items())
+    busy = after["busy_s"] - before["busy_s"]
+    return {"forward_passes": count, "mean_batch": images / count, "padding_share": 1 - images / padded,
+            "forward_share": busy / (after["uptime_s"] - before["uptime_s"]), "forward_ms_per_pass": 1000 * busy / count,
+            "batch_sizes": {str(k): passes[k] for k in sorted(passes)}}
+
+
+def load(url: str, images, concurrency: int, count: int, sizes=()) -> dict:
+    """``count`` one-image requests from ``concurrency`` clients: requests/s, p50 and p99 in ms, and the
+    batcher's profile (:func:`batcher_profile`) over them."""
     import requests
 
     per_client = max(1, count // concurrency)
@@ -72,12 +93,15 @@ def load(url: str, images, concurrency: int, count: int) -> dict:
 
     for number in range(min(concurrency, 4)):        # warm connections and the batch sizes
         client(number)
+    before = requests.get(url + "/stats", timeout=10).json()
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         latencies = [x for result in pool.map(client, range(concurrency)) for x in result]
     elapsed = time.perf_counter() - start
+    after = requests.get(url + "/stats", timeout=10).json()
     return {"concurrency": concurrency, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99))}
+            "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+            "batcher": batcher_profile(before, after, sizes)}
 
 
 def batch1_forward_ms(checkpoint: str, backend: str, cache: str) -> float:
@@ -109,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level (default 400)")
     parser.add_argument("--images", type=int, default=2000, help="captchas for eval.py (default 2000)")
+    parser.add_argument("--max_wait_ms", default=str(ServingConfig().max_wait_ms),
+                        help="serve.py's --max_wait_ms; comma-separated values start one server each (default: "
+                             "serve.py's)")
     parser.add_argument("--out", default=None, help="append the JSON row here")
     args = parser.parse_args(argv)
     import process_data
@@ -118,7 +145,7 @@ def main(argv=None) -> int:
     cfg = ServingConfig()
     _, spec = resolve_model(args.checkpoint_path, read_checkpoint(args.checkpoint_path), cfg)
     row = {"cpu": cpu_name(), "cores": os.cpu_count(), "checkpoint": os.path.basename(args.checkpoint_path),
-           "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "backends": {}}
+           "max_batch": cfg.max_batch, "max_wait_ms": args.max_wait_ms, "backends": {}}
     with tempfile.TemporaryDirectory() as scratch:
         folder = os.path.join(scratch, "serve")
         process_data.render_split(folder, 64, spec=spec, seed=9, split="test", workers=1, progress=False)
@@ -126,23 +153,38 @@ def main(argv=None) -> int:
                   if name.endswith(".png")]
         row["eval_images_per_s"] = eval_throughput(cfg, spec, args.checkpoint_path, scratch, args.images)
         print(f"{row['cpu']}, {row['cores']} cores; eval.py: {row['eval_images_per_s']:.0f} images/s", flush=True)
+        waits = [float(w) for w in args.max_wait_ms.split(",")]
         for backend in args.backends.split(","):
-            cache = os.path.join(scratch, "onnx")
-            proc, url = start_server(args.checkpoint_path, backend, cache)
-            try:
-                levels = [load(url, images, int(c), args.requests) for c in args.concurrency.split(",")]
-            finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+            for wait in waits:
+                served = backend if len(waits) == 1 else f"{backend}, wait {wait:g} ms"
+                cache = os.path.join(scratch, "onnx")
+                proc, url = start_server(args.checkpoint_path, backend, cache, wait)
+                try:
+                    levels = [load(url, images, int(c), args.requests, buckets(cfg.max_batch))
+                              for c in args.concurrency.split(",")]
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+                row["backends"][served] = {"levels": levels}
+                for level in levels:
+                    share = level["requests_per_s"] / row["eval_images_per_s"]
+                    print(f"{served:12s} concurrency {level['concurrency']:3d}: {level['requests_per_s']:7.1f} req/s "
+                          f"({share:5.0%} of eval.py), p50 {level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms",
+                          flush=True)
+                    profile = level["batcher"]
+                    if profile:
+                        print(f"{'':12s}   batcher: {profile['forward_passes']} passes of {profile['mean_batch']:.1f} "
+                              f"images on average ({profile['padding_share']:.0%} padding), "
+                              f"{profile['forward_ms_per_pass']:.1f} ms each, in passes {profile['forward_share']:.0%} "
+                              f"of the time; passes by size {profile['batch_sizes']}", flush=True)
             forward = batch1_forward_ms(args.checkpoint_path, backend, cache)
-            row["backends"][backend] = {"batch1_forward_ms": forward, "levels": levels}
-            for level in levels:
-                share = level["requests_per_s"] / row["eval_images_per_s"]
-                print(f"{backend:12s} concurrency {level['concurrency']:3d}: {level['requests_per_s']:7.1f} req/s "
-                      f"({share:5.0%} of eval.py), p50 {level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms",
-                      flush=True)
-            lone = levels[0]["p50_ms"] / forward if levels[0]["concurrency"] == 1 else float("nan")
-            print(f"{backend:12s} batch-1 forward {forward:.1f} ms; a lone request's p50 is {lone:.2f}x it", flush=True)
+            for served, result in row["backends"].items():
+                if served.split(",")[0] == backend:
+                    result["batch1_forward_ms"] = forward
+                    first = result["levels"][0]
+                    lone = first["p50_ms"] / forward if first["concurrency"] == 1 else float("nan")
+                    print(f"{served:12s} batch-1 forward {forward:.1f} ms; a lone request's p50 is {lone:.2f}x it",
+                          flush=True)
     if args.out:
         with open(args.out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

@@ -1,43 +1,49 @@
-"""Training-step speed: this project's step vs an equivalent PyTorch step, in one run.
+"""Training-step speed: this project's step vs a PyTorch replica of the same network, loss and optimizer, in one run.
 
-    python bench/bench_train_step.py [--steps 10] [--warmup 3] [--functional] [--no_torch] [--charset ...]
+    python bench/bench_train_step.py [--steps 10] [--warmup 3] [--functional] [--no_torch] [--config_path ...]
+    python bench/bench_train_step.py --config_path configs/crnn_digits.yaml --isa AVX2,AVX512_CORE,ALL
 
-Prints the median seconds per step of each, the ratio project/pytorch, the achieved GFLOP/s
-against a 4096^3 fp32 matmul measured in the same run, and the project step's top ops by time
-from MindSpore's profiler. Every step reads its loss back (execution is asynchronous).
+Any network the config names (``--network``, the family's options, ``--optimizer``). Prints the median
+seconds per step of each, the ratio project/pytorch, the achieved GFLOP/s (``bench/network_flops.py``'s
+forward x 3) against a 4096^3 fp32 matmul measured in the same run, and the project step's top ops
+by time from MindSpore's profiler. Every step reads its loss back (execution is asynchronous).
+
+The MindSpore step runs in a child process per variant, so each gets a fresh oneDNN: ``--isa`` also
+times it with oneDNN's instruction set capped at each value given (``ONEDNN_MAX_CPU_ISA``: AVX2,
+AVX512_CORE, AVX512_CORE_AMX, ALL = no cap); without it the step runs as train.py runs it (the crnn
+caps at AVX2 on CPU, ``src/models/crnn.py``). PyTorch runs in this process, uncapped.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import glob
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench.common import batch_arrays, matmul_peak_gflops, time_steps  # noqa: E402,F401
+from bench.common import batch_arrays, cpu_model, matmul_peak_gflops, time_steps, torch_train_step  # noqa: E402
+from bench.network_flops import forward_flop  # noqa: E402
 from src.captcha_spec import CaptchaSpec  # noqa: E402
 from src.cli import report_error  # noqa: E402
 from src.config import add_config_arguments, config_from_args  # noqa: E402
+from src.models import architecture_fields  # noqa: E402
 
-# What the step's cost depends on: the captcha (time steps, input size, classes) and the sizes.
-BENCH_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "batch_size", "hidden_size")
+# What the step's cost depends on: the captcha (time steps, input size, classes), the network and its
+# optimizer, and the batch.
+BENCH_FIELDS = ("charset", "max_captcha_digits", "captcha_width", "captcha_height", "resize", "batch_size",
+                "optimizer") + architecture_fields()
+ISA_CAPS = ("AVX2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL")
 
 
-def lstm_step_gflop(spec: CaptchaSpec, batch: int, hidden: int, layers: int = 2) -> float:
-    """Multiply-add FLOPs of forward + backward (backward ~ 2x forward) for the WarpCTC network."""
-    steps = spec.width
-    forward = 0
-    for layer in range(layers):
-        layer_in = spec.input_height * 3 if layer == 0 else hidden
-        forward += 2 * 4 * hidden * (layer_in + hidden) * batch * steps
-    forward += 2 * hidden * spec.num_classes * batch * steps
-    return 3 * forward / 1e9
+def step_gflop(cfg, spec: CaptchaSpec) -> float:
+    """FLOPs of one training step: the forward pass of the batch x 3 (the backward pass ~2x the forward)."""
+    return 3 * forward_flop(cfg, spec)["total"] * cfg.batch_size / 1e9
 
 
 def project_step(cfg, images, labels, functional: bool = False):
@@ -68,45 +74,6 @@ def project_step(cfg, images, labels, functional: bool = False):
     return lambda: float(functional_step(x, y).asnumpy())
 
 
-def torch_step(cfg, spec: CaptchaSpec, images, labels, threads: int):
-    """The same network, CTC loss, SGD with momentum and clipping in PyTorch."""
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(1)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lstm = torch.nn.LSTM(spec.input_height * 3, cfg.hidden_size, num_layers=2)
-            self.fc = torch.nn.Linear(cfg.hidden_size, spec.num_classes)
-
-        def forward(self, x):
-            b, _, h, w = x.shape
-            x = x.permute(3, 0, 2, 1).reshape(w, b, h * 3)
-            y, _ = self.lstm(x)
-            return self.fc(y)
-
-    net = Net()
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
-    ctc = torch.nn.CTCLoss(blank=spec.blank, reduction="sum")
-    x = torch.from_numpy(images)
-    target_lengths = torch.from_numpy((labels != spec.blank).sum(1).astype(np.int64))
-    targets = torch.from_numpy(labels.astype(np.int64))
-    input_lengths = torch.full((images.shape[0],), images.shape[3], dtype=torch.int64)
-
-    def step():
-        opt.zero_grad()
-        log_probs = net(x).log_softmax(-1)
-        loss = ctc(log_probs, targets, input_lengths, target_lengths) / images.shape[0]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_global_norm)
-        opt.step()
-        return loss.item()
-
-    return step
-
-
 def profile_top_ops(cfg, images, labels, steps: int = 3, top: int = 8, functional: bool = False):
     """Top op types by total time over ``steps`` profiled project steps (MindSpore profiler)."""
     import mindspore as ms
@@ -129,58 +96,108 @@ def profile_top_ops(cfg, images, labels, steps: int = 3, top: int = 8, functiona
             for r in rows[:top]]
 
 
+def measure_project(cfg, args) -> dict:
+    """The MindSpore figures of this process (a child of :func:`main`): s/step, and the profile unless off."""
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    ms.set_seed(1)
+    spec = CaptchaSpec.from_config(cfg)
+    images, labels = batch_arrays(spec, cfg.batch_size)
+    row = {"isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"),
+           "project": statistics.median(time_steps(project_step(cfg, images, labels), args.steps, args.warmup))}
+    if args.functional:
+        row["functional"] = statistics.median(
+            time_steps(project_step(cfg, images, labels, functional=True), args.steps, args.warmup))
+    if not args.no_profile:
+        row["profile"] = {label: profile_top_ops(cfg, images, labels, functional=functional)
+                          for label, functional in [("project", False)] + ([("functional", True)]
+                                                                           if args.functional else [])}
+    return row
+
+
+def run_child(argv, isa: str) -> dict:
+    """:func:`measure_project` in a fresh process, oneDNN capped at ``isa`` ("" = as train.py runs)."""
+    env = dict(os.environ)
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    if isa:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--project_only"] + list(argv),
+                          capture_output=True, text=True, env=env)
+    rows = [line[len("RESULT "):] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not rows:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the MindSpore step{' under ' + isa if isa else ''} failed: {tail}")
+    return json.loads(rows[-1])
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per implementation (default: 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch threads (default: all)")
     parser.add_argument("--functional", action="store_true",
                         help="also time the value_and_grad + @ms.jit functional step (the slow trap)")
+    parser.add_argument("--isa", default="",
+                        help=f"also time the MindSpore step with oneDNN capped at each of these (comma-separated: "
+                             f"{', '.join(ISA_CAPS)})")
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch step")
     parser.add_argument("--no_profile", action="store_true", help="skip the profiler run")
+    parser.add_argument("--project_only", action="store_true", help=argparse.SUPPRESS)
     add_config_arguments(parser, BENCH_FIELDS)
     args = parser.parse_args(argv)
+    caps = [cap for cap in args.isa.split(",") if cap]
     try:
         cfg = config_from_args(args)
+        for cap in caps:
+            if cap not in ISA_CAPS:
+                raise ValueError(f"--isa {cap!r} is not one of {', '.join(ISA_CAPS)}")
     except ValueError as err:
         return report_error("bench_train_step.py", err)
+    if args.project_only:
+        print("RESULT " + json.dumps(measure_project(cfg, args)), flush=True)
+        return 0
     spec = CaptchaSpec.from_config(cfg)
-
-    import mindspore as ms
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    ms.set_seed(1)
-    images, labels = batch_arrays(spec, cfg.batch_size)
-    gflop = lstm_step_gflop(spec, cfg.batch_size, cfg.hidden_size)
-    print(f"machine: {os.cpu_count()} CPU(s); batch {cfg.batch_size}, hidden {cfg.hidden_size}, "
-          f"T={spec.width}, {spec.num_classes} classes; {gflop:.0f} GFLOP per training step")
-
+    gflop = step_gflop(cfg, spec)
+    print(f"{cpu_model()}; network {cfg.network}, optimizer {cfg.optimizer}, batch {cfg.batch_size}, "
+          f"{spec.width}x{spec.input_height}, {spec.num_classes} classes; {gflop:.1f} GFLOP per training step")
+    child_argv = [a for i, a in enumerate(argv)
+                  if not a.startswith("--isa") and not (i and argv[i - 1] == "--isa")]
+    try:
+        variants = [("project", run_child(child_argv, ""))]
+        variants += [(f"isa {cap}", run_child(child_argv + ["--no_profile"], cap)) for cap in caps]
+    except RuntimeError as err:
+        return report_error("bench_train_step.py", err)
     results = {}
-    results["project"] = statistics.median(time_steps(project_step(cfg, images, labels), args.steps, args.warmup))
-    if args.functional:
-        results["functional"] = statistics.median(
-            time_steps(project_step(cfg, images, labels, functional=True), args.steps, args.warmup))
+    for label, row in variants:
+        results[label] = row["project"]
+    if "functional" in variants[0][1]:
+        results["functional"] = variants[0][1]["functional"]
     if not args.no_torch:
+        images, labels = batch_arrays(spec, cfg.batch_size)
         try:
             results["pytorch"] = statistics.median(
-                time_steps(torch_step(cfg, spec, images, labels, args.threads), args.steps, args.warmup))
+                time_steps(torch_train_step(cfg, spec, images, labels, args.threads), args.steps, args.warmup))
         except ImportError:
             print("pytorch: not installed (pip install -r bench/requirements.txt)")
     peak, lib = matmul_peak_gflops()
     print(f"matmul peak ({lib}, 4096^3 fp32): {peak:.0f} GFLOP/s")
+    default_isa = variants[0][1]["isa"]
     for name, seconds in results.items():
-        print(f"{name:>10}: {seconds:.3f} s/step median of {args.steps}, {gflop / seconds:.0f} GFLOP/s "
-              f"({gflop / seconds / peak:.0%} of matmul peak)")
+        note = f" (oneDNN cap: {default_isa})" if name == "project" else ""
+        print(f"{name:>22}: {seconds:.3f} s/step median of {args.steps}, {gflop / seconds:.1f} GFLOP/s "
+              f"({gflop / seconds / peak:.0%} of matmul peak){note}")
     if "pytorch" in results:
-        print(f"ratio project/pytorch: {results['project'] / results['pytorch']:.3f}")
+        for name in [n for n in results if n not in ("pytorch", "functional")]:
+            print(f"ratio {name}/pytorch: {results[name] / results['pytorch']:.3f}")
     if "functional" in results:
         print(f"ratio functional/project: {results['functional'] / results['project']:.2f}")
-    if not args.no_profile:
-        for label, functional in [("project", False)] + ([("functional", True)] if args.functional else []):
-            print(f"top ops of the {label} step (MindSpore profiler, ms per step, share):")
-            for op, ms_per_step, share in profile_top_ops(cfg, images, labels, functional=functional):
-                print(f"  {op:<24} {ms_per_step:9.1f} ms  {share:6.1%}")
+    for label, ops in variants[0][1].get("profile", {}).items():
+        print(f"top ops of the {label} step (MindSpore profiler, ms per step, share):")
+        for op, ms_per_step, share in ops:
+            print(f"  {op:<24} {ms_per_step:9.1f} ms  {share:6.1%}")
     return 0
 
 

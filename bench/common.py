@@ -1,5 +1,6 @@
 """Helpers several benches (and research scripts) share: the machine, step timing, the matmul peak,
-a random batch, a free port, eval.py's throughput.
+a random batch, a free port, eval.py's throughput, and the PyTorch replica of a network with its
+training step (the yardstick of the step-speed targets).
 
 Scripts put the repository root on ``sys.path`` and import this as ``bench.common``.
 """
@@ -90,3 +91,78 @@ def eval_throughput(cfg, spec, ckpt: str, scratch: str, count: int) -> float:
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1])
     return float(proc.stdout.strip().splitlines()[-1].rsplit("(", 1)[1].split()[0])
+
+
+def torch_replica(cfg, spec):
+    """The network of ``cfg`` in PyTorch: the same layers, shapes and output layout (T, B, C)."""
+    from torch import nn
+
+    from src.models import architecture, ctc_steps
+    from src.models.geometry import halvings, parse_channels
+
+    class Replica(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if cfg.network == "crnn":
+                layers, previous = [], 3
+                for stage, width in enumerate(parse_channels(cfg.crnn_channels)):
+                    for _ in range(cfg.crnn_convs_per_stage):
+                        layers.append(nn.Conv2d(previous, width, 3, padding=1, bias=not cfg.crnn_batch_norm))
+                        if cfg.crnn_batch_norm:
+                            layers.append(nn.BatchNorm2d(width))
+                        layers.append(nn.ReLU())
+                        previous = width
+                    window = (2, 2) if stage < halvings(cfg.crnn_width_stride) else (2, 1)
+                    layers.append(nn.MaxPool2d(window, window))
+                self.backbone = nn.Sequential(*layers)
+                features = previous * (spec.input_height >> len(parse_channels(cfg.crnn_channels)))
+                self.rnn = nn.LSTM(features, cfg.crnn_hidden_size, 2, bidirectional=cfg.crnn_bidirectional)
+                out = cfg.crnn_hidden_size * (2 if cfg.crnn_bidirectional else 1)
+            else:
+                self.backbone = None
+                self.rnn = nn.LSTM(spec.input_height * 3, cfg.hidden_size, 2, bidirectional=cfg.bidirectional)
+                out = cfg.hidden_size * (2 if cfg.bidirectional else 1)
+            self.fc = nn.Linear(out, spec.num_classes)
+
+        def forward(self, x):
+            if self.backbone is not None:
+                x = self.backbone(x)
+                b, c, h, w = x.shape
+                x = x.reshape(b, c * h, w).permute(2, 0, 1)
+            else:
+                b, _, h, w = x.shape
+                x = x.permute(3, 0, 2, 1).reshape(w, b, h * 3)
+            y, _ = self.rnn(x)
+            return self.fc(y)
+
+    return Replica(), ctc_steps(architecture(cfg), spec)
+
+
+def torch_train_step(cfg, spec, images: np.ndarray, labels: np.ndarray, threads: int):
+    """``step()`` of the replica of ``cfg``'s network in PyTorch: the project's loss (CTC summed over the
+    batch, divided by its size), ``cfg``'s optimizer (SGD with momentum or Adam) and global-norm clipping,
+    reading the loss back. ImportError without torch."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    net, steps = torch_replica(cfg, spec)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+    ctc = torch.nn.CTCLoss(blank=spec.blank, reduction="sum")
+    x = torch.from_numpy(images)
+    targets = torch.from_numpy(labels.astype(np.int64))
+    target_lengths = torch.from_numpy((labels != spec.blank).sum(1).astype(np.int64))
+    input_lengths = torch.full((images.shape[0],), steps, dtype=torch.int64)
+
+    def step() -> float:
+        opt.zero_grad()
+        loss = ctc(net(x).log_softmax(-1), targets, input_lengths, target_lengths) / images.shape[0]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_global_norm)
+        opt.step()
+        return loss.item()
+
+    return step

@@ -230,6 +230,12 @@ def create_app(models: Dict[str, ServedModel], cfg, batcher: Batcher, token: Opt
     async def list_models():
         return {"default": default, "models": [model.info() for model in models.values()]}
 
+    @app.get("/stats", summary="What the batcher has read",
+             description="Forward passes by their number of images, images read, and the seconds spent in "
+                         "forward passes since the server started.")
+    async def stats():
+        return batcher.stats()
+
     def pick(name: Optional[str]) -> ServedModel:
         if name is None:
             return models[default]

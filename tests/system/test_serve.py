@@ -121,6 +121,18 @@ def test_models_and_health(server):
     assert "/predict" in server.get("/openapi.json").json()["paths"]
 
 
+def test_stats_count_the_forward_passes_and_images_read(server, images):
+    paths, _ = images
+    before = server.get("/stats").json()
+    answer = server.post("/predict", files=[("image", (os.path.basename(p), read(p), "image/png")) for p in paths[:3]])
+    assert answer.status_code == 200, answer.text
+    after = server.get("/stats").json()
+    assert after["images"] - before["images"] == 3
+    assert after["forward_passes"] - before["forward_passes"] == 1          # one request's images: one pass
+    assert after["batch_sizes"].get("3", 0) - before["batch_sizes"].get("3", 0) == 1
+    assert after["uptime_s"] >= after["busy_s"] > before["busy_s"]
+
+
 def test_predict_multipart_and_json_match_predict_py(server, images):
     paths, expected = images
     chosen = paths[:5]

@@ -91,8 +91,6 @@ def read_pending(store, model, batcher, max_pixels: int) -> None:
     batch at a time, through ``batcher`` (so a /predict request waits for one batch at most). Run in
     the background: the page is up at once, however large the folder. An image over ``max_pixels``
     (--max_pixels, as for /predict) or unreadable is shown without a reading."""
-    import numpy as np
-
     names, arrays = [], []
 
     def flush() -> None:

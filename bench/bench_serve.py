@@ -72,7 +72,17 @@ def batcher_profile(before: dict, after: dict, sizes) -> dict:
             "batch_sizes": {str(k): passes[k] for k in sorted(passes)}}
 
 
-def load(url: str, images, concurrency: int, count: int, sizes=()) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far; NaN where /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(url: str, images, concurrency: int, count: int, sizes=(), server_pid: int = 0) -> dict:
     """``count`` one-image requests from ``concurrency`` clients: requests/s, p50 and p99 in ms, and the
     batcher's profile (:func:`batcher_profile`) over them."""
     import requests
@@ -94,14 +104,15 @@ def load(url: str, images, concurrency: int, count: int, sizes=()) -> dict:
     for number in range(min(concurrency, 4)):        # warm connections and the batch sizes
         client(number)
     before = requests.get(url + "/stats", timeout=10).json()
-    start = time.perf_counter()
+    start, cpu, served = time.perf_counter(), time.process_time(), process_cpu_s(server_pid)
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         latencies = [x for result in pool.map(client, range(concurrency)) for x in result]
-    elapsed = time.perf_counter() - start
+    elapsed, cpu, served = time.perf_counter() - start, time.process_time() - cpu, process_cpu_s(server_pid) - served
     after = requests.get(url + "/stats", timeout=10).json()
     return {"concurrency": concurrency, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
             "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-            "batcher": batcher_profile(before, after, sizes)}
+            "client_cpu_ms_per_request": 1000 * cpu / len(latencies),
+            "server_cpu_ms_per_request": 1000 * served / len(latencies), "batcher": batcher_profile(before, after, sizes)}
 
 
 def batch1_forward_ms(checkpoint: str, backend: str, cache: str) -> float:
@@ -160,7 +171,7 @@ def main(argv=None) -> int:
                 cache = os.path.join(scratch, "onnx")
                 proc, url = start_server(args.checkpoint_path, backend, cache, wait)
                 try:
-                    levels = [load(url, images, int(c), args.requests, buckets(cfg.max_batch))
+                    levels = [load(url, images, int(c), args.requests, buckets(cfg.max_batch), proc.pid)
                               for c in args.concurrency.split(",")]
                 finally:
                     proc.terminate()
@@ -169,8 +180,9 @@ def main(argv=None) -> int:
                 for level in levels:
                     share = level["requests_per_s"] / row["eval_images_per_s"]
                     print(f"{served:12s} concurrency {level['concurrency']:3d}: {level['requests_per_s']:7.1f} req/s "
-                          f"({share:5.0%} of eval.py), p50 {level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms",
-                          flush=True)
+                          f"({share:5.0%} of eval.py), p50 {level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms; "
+                          f"CPU per request: server {level['server_cpu_ms_per_request']:.1f} ms, clients "
+                          f"{level['client_cpu_ms_per_request']:.1f} ms", flush=True)
                     profile = level["batcher"]
                     if profile:
                         print(f"{'':12s}   batcher: {profile['forward_passes']} passes of {profile['mean_batch']:.1f} "

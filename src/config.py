@@ -169,7 +169,7 @@ class ServeConfig:
         "help": "inference of serve.py and predict.py: mindspore, or onnxruntime on the model exported to ONNX once "
                 "and cached by the checkpoint's SHA-256 (predict.py then reads without importing MindSpore)"})
     max_batch: int = field(default=32, metadata={"help": "serve.py reads at most this many images in one forward pass"})
-    max_wait_ms: float = field(default=5.0, metadata={
+    max_wait_ms: float = field(default=20.0, metadata={
         "help": "serve.py waits at most this long for more images to join a batch"})
     max_images: int = field(default=64, metadata={"help": "serve.py accepts at most this many images per request"})
     max_bytes: int = field(default=8 * 1024 * 1024, metadata={"help": "serve.py refuses request bodies over this size (413)"})

@@ -9,7 +9,6 @@ import shlex
 import numpy as np
 import pytest
 
-import process_data
 from src.captcha_spec import CaptchaSpec
 from src.config import Config
 from src.data.images import load_bgr

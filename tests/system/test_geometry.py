@@ -91,7 +91,7 @@ def test_label_names_and_mixed_lengths_load_and_a_bad_name_is_one_line(tmp_path)
 def geometry_model(tmp_path_factory):
     """A tiny keep_aspect crnn trained on a folder of <label>.png captchas of four sizes and lengths 1-8."""
     work = tmp_path_factory.mktemp("geometry")
-    train = render_folder(work / "train", 48, SIZES, tuple(range(1, 9)), ALNUM, seed=1)
+    render_folder(work / "train", 48, SIZES, tuple(range(1, 9)), ALNUM, seed=1)
     test = render_folder(work / "test", 16, SIZES, tuple(range(1, 9)), ALNUM, seed=2)
     proc = run_py([TRAIN, "--dataset_path", work / "train", *GEOMETRY, "--epoch_size", "2", "--optimizer", "adam",
                    "--learning_rate", "0.003"], cwd=work)

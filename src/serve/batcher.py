@@ -40,7 +40,8 @@ class Batcher:
         self._held: List[_Job] = []            # taken from the queue for another model's batch
         self._expected = 0
         self._in_server = 0                    # images submitted and not yet answered
-        self._peaks: "collections.deque" = collections.deque()     # (time, images in the server), rising
+        # (time, images in the server then): times rising, counts falling, so the first is the window's peak
+        self._peaks: "collections.deque" = collections.deque()
         self._lock = threading.Lock()
         self._sizes: "collections.Counter[int]" = collections.Counter()   # forward passes by images in them
         self._busy = 0.0                                                   # seconds in forward passes

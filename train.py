@@ -357,6 +357,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(notice, flush=True)
         if args.dataset_path is None and cfg.augment_folder:
             raise ValueError("--augment_folder true augments the images of --dataset_path: give a folder")
+        if cfg.label_classes and not cfg.synthetic_images:
+            raise ValueError(f"--label_classes {cfg.label_classes!r} picks the labels of captchas drawn on the fly: "
+                             "give --synthetic_images N")
         if args.dataset_path is None and not cfg.synthetic_images:
             raise ValueError("the following arguments are required: --dataset_path (or --synthetic_images N to "
                              "train on N captchas per epoch rendered on the fly)")

@@ -26,7 +26,7 @@ sys.path.insert(0, REPO)
 from bench.common import cpu_model, matmul_peak_gflops  # noqa: E402
 from src.cli import report_error  # noqa: E402
 
-CKPT_RE = re.compile(r"^warpctc-(\d+)_(\d+)\.ckpt$")
+CKPT_RE = re.compile(r"^[a-z_]+-(\d+)_(\d+)\.ckpt$")   # <network>-<epoch>_<step>.ckpt
 
 
 def run(args: list) -> str:

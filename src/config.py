@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, RESIZES, CaptchaSpec
 from src.models import architecture, architecture_fields, check_model, family_names, get_family, model_options
-from src.data.render import RenderStyle
+from src.data.render import RenderStyle, label_pools
 
 _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
 
@@ -79,6 +79,10 @@ class DataConfig:
         "help": "train on this many captchas per epoch rendered on the fly from the spec, the style options and "
                 "the seed: alone, or with --dataset_path mixed into each epoch of the folder's images (0 = the "
                 "folder only)"})
+    label_classes: str = field(default="", metadata={
+        "help": "on the fly, draw each label from one of these character pools of the alphabet: comma-separated "
+                "'+'-joined classes of digits, lower, upper, all (e.g. digits,lower+digits,upper+digits,all); "
+                "empty = every label from the whole alphabet"})
     augment_folder: bool = field(default=False, metadata={
         "help": "in training, also apply the style's whole-image augmentations (image_rotation, image_shear, "
                 "image_wave, image_blur, color_jitter, image_noise, jpeg_quality) to the --dataset_path images, "
@@ -364,6 +368,7 @@ def validate(cfg):
         raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
     if cfg.synthetic_images < 0:
         raise ValueError(f"--synthetic_images must be >= 0, got {cfg.synthetic_images}")
+    label_pools(cfg.label_classes, cfg.charset)
     if isinstance(cfg, TrainConfig):
         _validate_train(cfg)
     if isinstance(cfg, ServeConfig):

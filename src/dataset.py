@@ -18,7 +18,7 @@ from src.captcha_spec import CaptchaSpec
 from src.config import num_workers
 from src.data.images import MAX_KEPT_BYTES, check_images, load_bgr
 from src.data.labels import list_samples
-from src.data.render import Renderer, RenderStyle, check_fits, resolve_fonts, sample_label
+from src.data.render import Renderer, RenderStyle, check_fits, label_pools, resolve_fonts, sample_label
 
 # The "fixed" normalisation: the original's per-channel statistics of its training set (BGR).
 MEAN = (0.9010, 0.9049, 0.9025)
@@ -74,17 +74,19 @@ class SyntheticSource:
     any order, by any worker. ``count`` is the number of samples an epoch reads (per shard).
     """
 
-    def __init__(self, renderer: Renderer, seed: int, count: int):
+    def __init__(self, renderer: Renderer, seed: int, count: int, label_classes: str = ""):
         self.renderer = renderer
         self.seed = seed
         self.count = count
+        self.pools = label_pools(label_classes, renderer.spec.charset)
 
     def __len__(self) -> int:
         return self.count
 
     def sample(self, index: int) -> Tuple[str, str]:
         """``(label, image seed)`` of global sample ``index``."""
-        label = sample_label(random.Random(f"warpctc-synthetic-label-{self.seed}-{index}"), self.renderer.spec)
+        label = sample_label(random.Random(f"warpctc-synthetic-label-{self.seed}-{index}"), self.renderer.spec,
+                             self.pools)
         return label, f"warpctc-synthetic-image-{self.seed}-{index}"
 
     def __getitem__(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -296,6 +298,8 @@ def describe_synthetic(cfg, spec: CaptchaSpec) -> str:
     style = RenderStyle.from_config(cfg)
     line = (f"on the fly: {cfg.synthetic_images} captchas per epoch, seed {cfg.seed}, {spec.describe()}, "
             f"{style.describe()}")
+    if cfg.label_classes:
+        line += f", each label of one of: {cfg.label_classes}"
     if "fonts" in style.changes():
         check_fits(style, spec)         # before any font is opened at a size it cannot take
         line += f" (fonts: {resolve_fonts(style, spec.charset)[1]})"
@@ -341,7 +345,8 @@ def create_dataset(dataset_path: Optional[str], cfg, spec: Optional[CaptchaSpec]
                          f"({num_shards} shard(s)), fewer than one batch of {cfg.batch_size}")
     if training and (cfg.synthetic_images or cfg.augment_folder):
         renderer = Renderer(spec, RenderStyle.from_config(cfg))
-        synthetic = SyntheticSource(renderer, cfg.seed, cfg.synthetic_images) if cfg.synthetic_images else None
+        synthetic = (SyntheticSource(renderer, cfg.seed, cfg.synthetic_images, cfg.label_classes)
+                     if cfg.synthetic_images else None)
         mixed = MixedSource(source, synthetic, renderer if cfg.augment_folder else None, cfg.seed)
         sampler = MixedSampler(len(samples), cfg.synthetic_images // num_shards, cfg.seed, num_shards, shard_id,
                                cfg.batch_size)
@@ -361,7 +366,7 @@ def _synthetic_dataset(cfg, spec: CaptchaSpec, training: bool, num_shards: int, 
     if per_epoch <= 0:
         raise ValueError(f"--synthetic_images {cfg.synthetic_images} gives {per_shard} per shard ({num_shards} "
                          f"shard(s)), fewer than one batch of {cfg.batch_size}")
-    source = SyntheticSource(Renderer(spec, RenderStyle.from_config(cfg)), cfg.seed, per_epoch)
+    source = SyntheticSource(Renderer(spec, RenderStyle.from_config(cfg)), cfg.seed, per_epoch, cfg.label_classes)
     return _pipeline(source, ["image", "label"], spec, cfg.batch_size, workers, drop_remainder=training,
                      sampler=StreamSampler(per_epoch, num_shards, shard_id))
 

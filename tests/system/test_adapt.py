@@ -95,6 +95,14 @@ def test_augmenting_without_a_folder_is_a_one_line_error():
                                                  "--dataset_path: give a folder\n")
 
 
+def test_label_classes_without_captchas_on_the_fly_is_a_one_line_error(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    proc = run_py([TRAIN, "--dataset_path", str(folder), "--label_classes", "digits"])
+    assert (proc.returncode, proc.stderr) == (2, "train.py: error: --label_classes 'digits' picks the labels of "
+                                                 "captchas drawn on the fly: give --synthetic_images N\n")
+
+
 def test_launchers_take_dash_for_captchas_on_the_fly(tmp_path):
     proc = run_bash([os.path.join(REPO, "scripts", "run_distribute_train_cpu.sh"), "2", "-", "--dry_run",
                      "--synthetic_images", "128"], env={"WARPCTC_RUN_DIR": str(tmp_path / "run"),

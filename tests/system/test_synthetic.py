@@ -59,6 +59,27 @@ def test_the_stream_is_a_pure_function_of_seed_and_position():
     assert not any(np.array_equal(a[0], b[0]) for a, b in zip(first, other_seed))
 
 
+def test_label_classes_keep_each_label_to_one_pool_and_every_pool_is_drawn():
+    spec = CaptchaSpec(charset="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", max_length=8,
+                       width=256)
+    source = SyntheticSource(Renderer(spec), seed=2, count=400, label_classes="digits,lower+digits,upper")
+    labels = [source.sample(g)[0] for g in range(400)]
+    kinds = {"digits": str.isdigit, "lower+digits": lambda c: c.isdigit() or c.islower(), "upper": str.isupper}
+    assert all(any(all(map(test, label)) for test in kinds.values()) for label in labels)
+    # Each pool is drawn, and within the mixed pool both classes appear (not one fixed class per pool).
+    assert any(all(map(str.isdigit, label)) and len(label) >= 5 for label in labels)
+    assert any(all(map(str.isupper, label)) and len(label) >= 5 for label in labels)
+    assert any(any(map(str.islower, label)) and any(map(str.isdigit, label)) for label in labels)
+    # Without pools, long labels mix the classes: what the option changes.
+    plain = SyntheticSource(Renderer(spec), seed=2, count=400)
+    mixed = [label for label in (plain.sample(g)[0] for g in range(400)) if len(label) >= 6]
+    assert sum(not any(all(map(test, label)) for test in kinds.values()) for label in mixed) > 0.8 * len(mixed)
+    # The training stream draws them: batches of the stream decode to labels of one pool.
+    batches = stream(epochs=1, synthetic_images=16, batch_size=8, charset=spec.charset, max_captcha_digits=8,
+                     captcha_width=256, label_classes="digits", num_parallel_workers=1)
+    assert all(spec.decode(row).isdigit() for _, label in batches for row in label)
+
+
 def test_shards_draw_disjoint_samples_that_together_make_the_single_shard_stream():
     whole = stream(epochs=1, synthetic_images=32, batch_size=8)
     shards = []

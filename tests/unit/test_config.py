@@ -280,6 +280,11 @@ def test_normalization_and_the_on_the_fly_options_default_to_the_original_data()
     (["--noise_curves", "-2"], "--noise_curves must be in [0, 20], got -2"),
     (["--background_colors", "dark"], "--background_colors must be LOW-HIGH with 0 <= LOW <= HIGH <= 255"),
     (["--fonts", " , "], "--fonts is empty"),
+    (["--label_classes", "digits,lowercase"], "--label_classes 'digits,lowercase': 'lowercase' is not '+'-joined "
+                                              "class names; the classes are digits, lower, upper, all"),
+    (["--label_classes", "digits,,upper"], "--label_classes 'digits,,upper': '' is not '+'-joined class names"),
+    (["--label_classes", "upper"], "--label_classes 'upper': 'upper' holds no character of the alphabet "
+                                   "'0123456789'"),
 ])
 def test_bad_normalization_and_style_values_are_one_line_errors(argv, message):
     with pytest.raises(ValueError, match=re.escape(message)) as info:

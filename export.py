@@ -133,9 +133,14 @@ def deployment_info(spec, net, model_file: str, batch_size: int) -> Dict[str, ob
                                            "to -inf (blank_index stays), then " if spec.read_charset else "")
                          + "argmax over classes at each step, merge repeated classes, drop blank_index; "
                            "class i < blank_index is charset[i]"
+                         + ("; with read_classes, one such read per pool with the other characters' scores "
+                            "at -inf, and the read of the largest CTC log-likelihood plus log sum over the pools "
+                            "holding it of share * (characters read / pool size) ** length (src/decode.py)"
+                            if spec.read_classes else "")
                          + ("; then the text in lower case (ignore_case)" if spec.ignore_case else "")),
             "ignore_case": spec.ignore_case,
             "read_charset": spec.read_charset,
+            "read_classes": spec.read_classes,
         },
     }
 

@@ -17,6 +17,7 @@ import sys
 import threading
 from typing import List, Optional, Sequence, Tuple
 
+from src.captcha_spec import READING_FIELDS
 from src.cli import report_error
 from src.config import SERVE_FIELDS, ServingConfig, add_config_arguments, config_from_args, explicit_overrides
 from src.run.runtime import PLATFORMS
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--platform", default="CPU", choices=PLATFORMS, help="device to run on (default: CPU)")
     parser.add_argument("--device_id", type=int, default=None, help="device index (Ascend/GPU)")
     parser.add_argument("--quiet", action="store_true", help="no start-up lines on stderr")
-    return add_config_arguments(parser, names=SERVE_FIELDS + ("max_pixels", "ignore_case", "read_charset"))
+    return add_config_arguments(parser, names=SERVE_FIELDS + ("max_pixels",) + READING_FIELDS)
 
 
 def parse_models(values: Sequence[str]) -> List[Tuple[str, str]]:
@@ -134,7 +135,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         import uvicorn
 
-        from src.captcha_spec import READING_FIELDS
         from src.run.runtime import set_up
         from src.serve.app import create_app
         from src.serve.backends import ServedModel
@@ -142,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         set_up(args.platform, device_id=args.device_id)
         models = {}
-        # Only a reading option (--ignore_case, --read_charset) may differ from a checkpoint's own record.
+        # Only a reading option (--ignore_case, --read_charset, --read_classes) may differ from a checkpoint's record.
         reading = [name for name in explicit_overrides(args) if name in READING_FIELDS]
         for name, path in checkpoints:
             models[name] = ServedModel(name, path, cfg, args.platform, given=reading)

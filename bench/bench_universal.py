@@ -95,14 +95,15 @@ def render_set(name: str, folder: str, count: int) -> List[Tuple[str, str]]:
     return samples
 
 
-def read_ours(paths: List[str], checkpoint: str, alphabet: str = "") -> List[str]:
-    """The checkpoint's reading of each image, as predict.py's; given ``alphabet``, with --read_charset it."""
+def read_ours(paths: List[str], checkpoint: str, alphabet: str = "", classes: str = "") -> List[str]:
+    """The checkpoint's reading of each image, as predict.py's; given ``alphabet``, with --read_charset it,
+    given ``classes``, with --read_classes them."""
     from predict import predict
     from src.config import Config
 
-    given = ("read_charset",) if alphabet else ()
-    return [result.text for result in predict(paths, checkpoint, Config(read_charset=alphabet), given=given,
-                                              quiet=True)]
+    given = (("read_charset",) if alphabet else ()) + (("read_classes",) if classes else ())
+    return [result.text for result in predict(paths, checkpoint, Config(read_charset=alphabet, read_classes=classes),
+                                              given=given, quiet=True)]
 
 
 def read_ddddocr(paths: List[str], python: str, alphabet: str = "") -> List[str]:
@@ -135,6 +136,9 @@ def main(argv=None) -> int:
     parser.add_argument("--told_alphabet", action="store_true",
                         help="tell both readers each set's alphabet: ours by --read_charset, ddddocr by masking its "
                              "classes to it before decoding (what a user who knows the captcha's characters does)")
+    parser.add_argument("--read_classes", default="",
+                        help="our reader's --read_classes (the same for every set, so still zero-shot), e.g. "
+                             "digits,lower,upper,lower+digits,upper+digits,all; ddddocr's reading is unchanged")
     args = parser.parse_args(argv)
     try:
         names = [n.strip() for n in args.sets.split(",") if n.strip()]
@@ -157,7 +161,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--ddddocr_python {args.ddddocr_python}: not an executable")
         work = args.work_dir or tempfile.mkdtemp(prefix="bench_universal_")
         told = "each set's alphabet told to both readers" if args.told_alphabet else "no alphabet told (zero-shot)"
-        print(f"cpu: {cpu_model()}\ncheckpoint: {args.checkpoint_path}\n{args.count} captchas per set; {told}",
+        classes = f"; ours with --read_classes {args.read_classes}" if args.read_classes else ""
+        print(f"cpu: {cpu_model()}\ncheckpoint: {args.checkpoint_path}\n{args.count} captchas per set; {told}{classes}",
               flush=True)
         print(f"{'set':16} {'ours exact':>10} {'ours folded':>11} {'ddddocr exact':>13} {'ddddocr folded':>14}")
         for name in names:
@@ -165,8 +170,9 @@ def main(argv=None) -> int:
             paths, labels = [p for p, _ in samples], [label for _, label in samples]
             started = time.time()
             alphabet = SETS[name].charset if args.told_alphabet else ""
-            ours = scores(read_ours(paths, args.checkpoint_path, alphabet), labels)
+            ours = scores(read_ours(paths, args.checkpoint_path, alphabet, args.read_classes), labels)
             row = {"set": name, "count": len(labels), "told_alphabet": args.told_alphabet,
+                   "read_classes": args.read_classes,
                    "ours_exact": ours[0], "ours_folded": ours[1],
                    "ours_s": round(time.time() - started, 1)}
             theirs = ("", "")

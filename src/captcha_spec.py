@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from functools import cached_property
 from dataclasses import asdict, dataclass
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -39,7 +39,32 @@ MAX_CHARSET = 1000
 
 # Spec fields that say how texts are read, not what the network was trained on: an explicit option wins
 # over the checkpoint's value instead of contradicting it.
-READING_FIELDS = ("ignore_case", "read_charset")
+READING_FIELDS = ("ignore_case", "read_charset", "read_classes")
+# Classes of characters, for labels that keep to part of an alphabet: --label_classes draws training labels
+# from them, --read_classes reads with the prior that a captcha's text keeps to one of them.
+CHARACTER_CLASSES = {"digits": str.isdigit, "lower": str.islower, "upper": str.isupper,
+                     "all": lambda char: True}
+
+
+def character_pools(text: str, charset: str, option: str, allow_empty: bool = False) -> Tuple[str, ...]:
+    """``--label_classes`` / ``--read_classes`` -> one string of characters per entry.
+
+    ``text`` is comma-separated entries of ``+``-joined class names (CHARACTER_CLASSES), e.g.
+    ``"digits,lower+digits,upper+digits,all"``; each entry keeps the characters of ``charset`` in any of
+    its classes, in the alphabet's order. An entry may repeat (it then weighs twice). Empty: ``()``.
+    An entry with no character of ``charset`` is an error unless ``allow_empty``.
+    """
+    pools = []
+    for entry in (part.strip() for part in text.split(",")) if text.strip() else ():
+        names = [name.strip() for name in entry.split("+")]
+        if any(name not in CHARACTER_CLASSES for name in names):
+            raise ValueError(f"{option} {text!r}: {entry!r} is not '+'-joined class names; "
+                             f"the classes are {', '.join(CHARACTER_CLASSES)}")
+        pool = "".join(char for char in charset if any(CHARACTER_CLASSES[name](char) for name in names))
+        if not pool and not allow_empty:
+            raise ValueError(f"{option} {text!r}: {entry!r} holds no character of the alphabet {charset!r}")
+        pools.append(pool)
+    return tuple(pools)
 
 
 @dataclass(frozen=True)
@@ -49,7 +74,9 @@ class CaptchaSpec:
     ``ignore_case``, texts (read and labelled) are compared and given in lower case: for captchas whose
     case means nothing, read by a model that tells the cases apart. With ``read_charset`` (a subset of
     ``charset``), only those characters are read: the scores of the others are dropped before decoding,
-    for captchas of a smaller alphabet than the model's."""
+    for captchas of a smaller alphabet than the model's. With ``read_classes`` (``--read_classes``, e.g.
+    ``digits,lower,upper,lower+digits,upper+digits,all``), a text is read with the prior that it keeps
+    to one of those pools of characters (``src/decode.py``)."""
 
     charset: str = DIGITS
     max_length: int = 4
@@ -59,6 +86,7 @@ class CaptchaSpec:
     resize: str = RESIZES[0]
     ignore_case: bool = False
     read_charset: str = ""
+    read_classes: str = ""
 
     def __post_init__(self):
         # A spec may come from a file (a checkpoint's JSON): a wrong type must fail here, naming the
@@ -90,6 +118,16 @@ class CaptchaSpec:
         if foreign:
             raise ValueError(f"--read_charset {self.read_charset!r} holds {''.join(foreign)!r}, which the model's "
                              f"alphabet {self.charset!r} does not")
+        if self.read_classes and not any(self.class_pools):
+            raise ValueError(f"--read_classes {self.read_classes!r} holds no character the model reads "
+                             f"({self.read_charset or self.charset!r})")
+
+    @cached_property
+    def class_pools(self) -> Tuple[str, ...]:
+        """``read_classes``' pools within the characters read (``read_charset`` or ``charset``); a pool with
+        none of them (``upper`` when only digits are read) is empty and never read."""
+        return character_pools(self.read_classes, self.read_charset or self.charset, "--read_classes",
+                               allow_empty=True)
 
     @classmethod
     def from_config(cls, cfg) -> "CaptchaSpec":
@@ -99,13 +137,15 @@ class CaptchaSpec:
         """
         return cls(charset=cfg.charset, max_length=cfg.max_captcha_digits, width=cfg.captcha_width,
                    height=cfg.captcha_height, normalization=cfg.normalization, resize=cfg.resize,
-                   ignore_case=cfg.ignore_case, read_charset=cfg.read_charset)
+                   ignore_case=cfg.ignore_case, read_charset=cfg.read_charset,
+                   read_classes=cfg.read_classes)
 
     def config_values(self) -> Dict[str, object]:
         """The :class:`src.config.Config` fields this spec is made of (the inverse of :meth:`from_config`)."""
         return {"charset": self.charset, "max_captcha_digits": self.max_length, "captcha_width": self.width,
                 "captcha_height": self.height, "normalization": self.normalization, "resize": self.resize,
-                "ignore_case": self.ignore_case, "read_charset": self.read_charset}
+                "ignore_case": self.ignore_case, "read_charset": self.read_charset,
+                "read_classes": self.read_classes}
 
     # -- the network's view ----------------------------------------------------------------------
     @property
@@ -159,7 +199,7 @@ class CaptchaSpec:
         data = asdict(self)
         if data["resize"] == RESIZES[0]:
             del data["resize"]      # a stretching spec is stored as before the option existed
-        for reading in ("ignore_case", "read_charset"):
+        for reading in READING_FIELDS:
             if not data[reading]:
                 del data[reading]
         return json.dumps(data, ensure_ascii=False, sort_keys=True)
@@ -173,7 +213,7 @@ class CaptchaSpec:
             return cls(**{k: data[k] for k in ("charset", "max_length", "width", "height")},
                        normalization=data.get("normalization", NORMALIZATIONS[0]),
                        resize=data.get("resize", RESIZES[0]), ignore_case=data.get("ignore_case", False),
-                       read_charset=data.get("read_charset", ""))
+                       read_charset=data.get("read_charset", ""), read_classes=data.get("read_classes", ""))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: damaged captcha spec ({err})") from None
 
@@ -186,9 +226,11 @@ class CaptchaSpec:
             text += ", case ignored"
         if self.read_charset:
             text += f", reading only {self.read_charset!r}"
+        if self.read_classes:
+            text += f", reading texts of one of {self.read_classes!r}"
         return text if self.normalization == NORMALIZATIONS[0] else f"{text}, {self.normalization} normalisation"
 
 
 _OPTION = {"max_length": "max_captcha_digits", "width": "captcha_width", "height": "captcha_height"}
 _FIELD_TYPES = {"charset": str, "max_length": int, "width": int, "height": int, "normalization": str,
-                "resize": str, "ignore_case": bool, "read_charset": str}
+                "resize": str, "ignore_case": bool, "read_charset": str, "read_classes": str}

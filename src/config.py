@@ -19,9 +19,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, RESIZES, CaptchaSpec
+from src.captcha_spec import DIGITS, MAX_CHARSET, NORMALIZATIONS, RESIZES, CaptchaSpec, character_pools
 from src.models import architecture, architecture_fields, check_model, family_names, get_family, model_options
-from src.data.render import RenderStyle, label_pools
+from src.data.render import RenderStyle
 
 _STYLE = RenderStyle()       # the style fields' defaults: captcha's own drawing
 
@@ -53,6 +53,11 @@ class ModelSection:
         "help": "read only these characters of the model's alphabet (e.g. 0123456789 for digit captchas read by "
                 "crnn_universal.ckpt): the others are never output; empty: all. Like --ignore_case, eval, predict "
                 "and serve may set it for any checkpoint"})
+    read_classes: str = field(default="", metadata={
+        "help": "read each text as one of these pools of characters, comma-separated '+'-joined classes (digits, "
+                "lower, upper, all), e.g. digits,lower,upper,lower+digits,upper+digits,all: real captchas keep to one "
+                "class, so a glyph's case or class is taken from its neighbours (README, Reading unknown captchas); "
+                "empty: off. Like --read_charset, eval, predict and serve may set it for any checkpoint"})
     network: str = field(default="warpctc", metadata={
         "help": "the network family: " + "; ".join(f"{f.name} ({f.summary})" for f in (get_family(n) for n in family_names()))})
 
@@ -358,8 +363,10 @@ def validate(cfg):
     :class:`CaptchaSpec`, the network's (and the CTC steps it needs) by its family in ``src/models/``, the
     style fields by building their :class:`RenderStyle`: each owns its rules.
     """
-    # --read_charset is checked against the model's alphabet, which a checkpoint may set later.
-    check_model(architecture(cfg), CaptchaSpec.from_config(dataclasses.replace(cfg, read_charset="")))
+    # --read_charset and --read_classes are checked against the model's alphabet, which a checkpoint may set
+    # later; here only the syntax of the classes.
+    check_model(architecture(cfg), CaptchaSpec.from_config(dataclasses.replace(cfg, read_charset="", read_classes="")))
+    character_pools(cfg.read_classes, cfg.charset, "--read_classes", allow_empty=True)
     RenderStyle.from_config(cfg)
     for name in ("batch_size", "max_pixels"):
         if getattr(cfg, name) <= 0:
@@ -368,7 +375,7 @@ def validate(cfg):
         raise ValueError(f"--num_parallel_workers must be >= 0, got {cfg.num_parallel_workers}")
     if cfg.synthetic_images < 0:
         raise ValueError(f"--synthetic_images must be >= 0, got {cfg.synthetic_images}")
-    label_pools(cfg.label_classes, cfg.charset)
+    character_pools(cfg.label_classes, cfg.charset, "--label_classes")
     if isinstance(cfg, TrainConfig):
         _validate_train(cfg)
     if isinstance(cfg, ServeConfig):

@@ -14,11 +14,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from src.captcha_spec import CaptchaSpec
+from src.captcha_spec import CaptchaSpec, character_pools
 from src.config import num_workers
 from src.data.images import MAX_KEPT_BYTES, check_images, load_bgr
 from src.data.labels import list_samples
-from src.data.render import Renderer, RenderStyle, check_fits, label_pools, resolve_fonts, sample_label
+from src.data.render import Renderer, RenderStyle, check_fits, resolve_fonts, sample_label
 
 # The "fixed" normalisation: the original's per-channel statistics of its training set (BGR).
 MEAN = (0.9010, 0.9049, 0.9025)
@@ -78,7 +78,7 @@ class SyntheticSource:
         self.renderer = renderer
         self.seed = seed
         self.count = count
-        self.pools = label_pools(label_classes, renderer.spec.charset)
+        self.pools = character_pools(label_classes, renderer.spec.charset, "--label_classes")
 
     def __len__(self) -> int:
         return self.count

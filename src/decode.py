@@ -23,7 +23,8 @@ def decode_with_confidence(spec: CaptchaSpec, logits: np.ndarray) -> List[Tuple[
     text, summed over every alignment that spells it (the CTC forward algorithm). Unlike the
     best path's own probability, it does not fall just because a character's edges are
     uncertain or a label is long, so it separates right from wrong reads well (README,
-    Prediction). With ``spec.read_charset``, the other characters are never read.
+    Prediction). With ``spec.read_charset``, the other characters are never read. With
+    ``spec.read_classes``, the text is the best of one greedy read per pool (:func:`_read_in_pools`).
     """
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 3 or logits.shape[-1] != spec.num_classes:
@@ -31,18 +32,65 @@ def decode_with_confidence(spec: CaptchaSpec, logits: np.ndarray) -> List[Tuple[
                          "(expected (T, B, C))")
     if spec.read_charset:
         # Dropped classes can be neither the argmax nor part of the text's probability.
-        dropped = np.ones(spec.num_classes, dtype=bool)
-        dropped[[spec.charset.index(c) for c in spec.read_charset] + [spec.blank]] = False
-        logits = np.where(dropped, -np.inf, logits)
-    best = logits.argmax(axis=-1).T                                   # (B, T)
+        logits = np.where(_outside(spec, spec.read_charset), -np.inf, logits)
+    log_probs = logits - _logsumexp(logits)
+    if spec.read_classes:
+        coded, log_likelihood = _read_in_pools(spec, log_probs)
+    else:
+        coded = _best_paths(log_probs, spec.blank)
+        log_likelihood = ctc_log_likelihood(log_probs, coded, spec.blank)
+    # Folded, the confidence stays that of the case the model read (a lower bound on the text's).
+    return [(spec.folded("".join(spec.charset[c] for c in row)), float(np.exp(p)))
+            for row, p in zip(coded, log_likelihood)]
+
+
+def _outside(spec: CaptchaSpec, characters: str) -> np.ndarray:
+    """A mask of the classes that are neither one of ``characters`` nor the blank."""
+    dropped = np.ones(spec.num_classes, dtype=bool)
+    dropped[[spec.charset.index(c) for c in characters] + [spec.blank]] = False
+    return dropped
+
+
+def _best_paths(log_probs: np.ndarray, blank: int) -> List[np.ndarray]:
+    """``(T, B, C)`` -> per sample the class indices of the best path: argmax per step, repeats merged,
+    blanks dropped."""
+    best = log_probs.argmax(axis=-1).T                                # (B, T)
     keep = np.ones_like(best, dtype=bool)
     keep[:, 1:] = best[:, 1:] != best[:, :-1]
-    keep &= best != spec.blank
-    coded = [row[mask] for row, mask in zip(best, keep)]
-    log_probs = logits - _logsumexp(logits)
-    confidence = np.exp(ctc_log_likelihood(log_probs, coded, spec.blank))
-    # Folded, the confidence stays that of the case the model read (a lower bound on the text's).
-    return [(spec.folded("".join(spec.charset[c] for c in row)), float(p)) for row, p in zip(coded, confidence)]
+    keep &= best != blank
+    return [row[mask] for row, mask in zip(best, keep)]
+
+
+def _read_in_pools(spec: CaptchaSpec, log_probs: np.ndarray) -> Tuple[List[np.ndarray], np.ndarray]:
+    """The text of each sample under the prior that it keeps to one of ``spec.class_pools``, and its
+    ``log P(text | image)`` under the model.
+
+    The model was trained on texts whose characters are uniform over the ``A`` characters it reads; a
+    captcha's text is instead drawn from one pool ``q`` (weight ``w_q``, its share of the entries), so by
+    Bayes a text ``s`` of ``n`` characters gains ``log sum_{q holds s} w_q (A / |q|)^n`` over the model's
+    own score. Each pool's greedy read is a candidate; the best scored wins. Reading only digits then costs
+    a digit read little, while a single ``O`` among digits must be far likelier than ``0`` to stay ``O``.
+    """
+    entries = [pool for pool in spec.class_pools if pool]
+    reads = len(spec.read_charset or spec.charset)
+    pools = [(np.isin(np.arange(spec.num_classes), [spec.charset.index(c) for c in pool]),
+              entries.count(pool) / len(entries), len(pool)) for pool in dict.fromkeys(entries)]
+    best_rows: List[np.ndarray] = []
+    best_score = best_model = None
+    for held, _, _ in pools:
+        rows = _best_paths(np.where(held | (np.arange(spec.num_classes) == spec.blank), log_probs, -np.inf), spec.blank)
+        model = ctc_log_likelihood(log_probs, rows, spec.blank)
+        prior = np.array([np.log(sum(weight * (reads / size) ** len(row)
+                                     for mask, weight, size in pools if mask[row].all()))
+                          for row in rows])
+        score = model + prior
+        if best_score is None:
+            best_rows, best_score, best_model = list(rows), score, model
+            continue
+        better = score > best_score
+        best_rows = [new if win else old for new, old, win in zip(rows, best_rows, better)]
+        best_score, best_model = np.where(better, score, best_score), np.where(better, model, best_model)
+    return best_rows, best_model
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

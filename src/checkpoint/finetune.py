@@ -36,7 +36,9 @@ def finetune_config(path: str, cfg, given: Iterable[str], dataset_path: Optional
             raise ValueError(f"checkpoint {path}: --{foreign[0]} is not an option of its network, "
                              f"{stored['network']}; drop the option, or give --network to start another network "
                              f"from its weights")
-    cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items() if name not in given})
+    # The base's --read_classes is a prior for the texts it was trained on; the new model learns the folder's.
+    cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items()
+                                      if name not in given and name != "read_classes"})
     if dataset_path is None:
         return cfg, ""
     values, notice = fit_spec_to_folder(dataset_path, CaptchaSpec.from_config(cfg), given)

@@ -99,35 +99,9 @@ def _seeded(rng: random.Random) -> Iterator[None]:
 
 
 # Character classes of --label_classes: name -> which characters of the alphabet it holds.
-CHARACTER_CLASSES = {"digits": str.isdigit, "lower": str.islower, "upper": str.isupper,
-                     "all": lambda char: True}
-
-
-def label_pools(text: str, charset: str) -> Tuple[str, ...]:
-    """``--label_classes`` -> the characters each image's label may draw from, one string per entry.
-
-    ``text`` is comma-separated entries of ``+``-joined class names (CHARACTER_CLASSES), e.g.
-    ``"digits,lower+digits,upper+digits,all"``; each entry keeps the characters of ``charset`` in any of
-    its classes, in the alphabet's order. Empty: ``()``, every label draws from the whole alphabet.
-    """
-    pools = []
-    for entry in (part.strip() for part in text.split(",")) if text.strip() else ():
-        names = [name.strip() for name in entry.split("+")]
-        unknown = [name for name in names if name not in CHARACTER_CLASSES]
-        if not entry or unknown:
-            raise ValueError(f"--label_classes {text!r}: {entry!r} is not '+'-joined class names; "
-                             f"the classes are {', '.join(CHARACTER_CLASSES)}")
-        pool = "".join(char for char in charset if any(CHARACTER_CLASSES[name](char) for name in names))
-        if not pool:
-            raise ValueError(f"--label_classes {text!r}: {entry!r} holds no character of the alphabet "
-                             f"{charset!r}")
-        pools.append(pool)
-    return tuple(pools)
-
-
 def sample_label(rng: random.Random, spec: CaptchaSpec, pools: Sequence[str] = ()) -> str:
     """A label of MIN_LENGTH..max_length characters, length uniform, characters uniform from the alphabet
-    or, with ``pools`` (:func:`label_pools`), from one pool drawn per label: real captchas mostly keep to
+    or, with ``pools`` (``src.captcha_spec.character_pools``), from one pool drawn per label: real captchas mostly keep to
     one class (digits only, lower case only, ...), and a label that does lets a reader take a glyph's
     case or class from its neighbours."""
     length = rng.randint(MIN_LENGTH, spec.max_length)

@@ -10,7 +10,7 @@ import pytest
 
 import process_data
 from src.captcha_spec import MAX_CHARSET, SPEC_KEY, CaptchaSpec
-from src.decode import decode_with_confidence, greedy_decode
+from src.decode import ctc_log_likelihood, decode_with_confidence, greedy_decode
 from conftest import REPO, run_py
 
 ALNUM = string.digits + string.ascii_uppercase
@@ -115,6 +115,60 @@ def test_read_charset_reads_only_its_characters_with_their_renormalised_probabil
     assert "reading only '0123456789'" in spec.describe()
     with pytest.raises(ValueError, match=r"--read_charset '0a#' holds '#', which the model's alphabet"):
         CaptchaSpec(charset=MIXED, read_charset="0a#")
+
+
+CLASSES = "digits,lower,upper,lower+digits,upper+digits,all"
+
+
+def scored_steps(spec, steps):
+    """Logits (T, 1, C): each step a blank, or ``(first, second)``: two characters scored 5 and 4.6."""
+    rows = np.full((len(steps), spec.num_classes), -5.0)
+    for step, pair in enumerate(steps):
+        if pair is None:
+            rows[step, spec.blank] = 5.0
+        else:
+            rows[step, spec.charset.index(pair[0])] = 5.0
+            rows[step, spec.charset.index(pair[1])] = 4.6
+    return rows[:, None, :]
+
+
+def test_read_classes_takes_a_glyphs_class_from_its_neighbours():
+    plain, spec = CaptchaSpec(charset=MIXED, max_length=8), CaptchaSpec(charset=MIXED, max_length=8,
+                                                                       read_classes=CLASSES)
+    # "O" a little likelier than "0" among digits, "X" than "x" among lower case: one class each is read.
+    digits = scored_steps(spec, [("1", "l"), None, ("O", "0"), None, ("7", "T")])
+    lower = scored_steps(spec, [("a", "4"), None, ("X", "x"), None, ("e", "E"), None, ("g", "9")])
+    # Where no pool explains the glyphs (each far likelier than anything else), mixed case stays mixed.
+    mixed = one_hot_path(spec, [spec.charset.index(c) for c in "aB3"])
+    steps = 7
+    logits = np.full((steps, 3, spec.num_classes), -10.0)
+    logits[:, :, spec.blank] = 10.0                              # each sample's steps after its own: blanks
+    for b, sample in enumerate((digits, lower, mixed)):
+        logits[:len(sample), b] = sample[:, 0]
+    assert greedy_decode(plain, logits) == ["1O7", "aXeg", "aB3"]
+    results = decode_with_confidence(spec, logits)
+    assert [text for text, _ in results] == ["107", "axeg", "aB3"]
+    # The confidence stays the model's own CTC probability of the text read.
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    for b, (text, confidence) in enumerate(results):
+        expected = ctc_log_likelihood(log_probs[:, b:b + 1], [[spec.charset.index(c) for c in text]], spec.blank)
+        assert confidence == pytest.approx(float(np.exp(expected[0])))
+    assert CaptchaSpec.from_json(spec.to_json()) == spec
+    assert "read_classes" not in json.loads(plain.to_json())
+    assert f"reading texts of one of {CLASSES!r}" in spec.describe()
+
+
+def test_read_classes_within_a_read_charset_and_its_errors():
+    # Told the captcha holds digits, the lower- and upper-case pools are empty and the read is the digits'.
+    spec = CaptchaSpec(charset=MIXED, read_charset=DIGITS, read_classes=CLASSES)
+    logits = scored_steps(spec, [("O", "0"), None, ("A", "4")])
+    assert decode_with_confidence(spec, logits) == decode_with_confidence(
+        CaptchaSpec(charset=MIXED, read_charset=DIGITS), logits)
+    with pytest.raises(ValueError, match=r"--read_classes 'upper' holds no character the model reads"):
+        CaptchaSpec(charset=MIXED, read_charset=DIGITS, read_classes="upper")
+    with pytest.raises(ValueError, match=r"--read_classes 'digits,greek': 'greek' is not '\+'-joined class names; "
+                                         r"the classes are digits, lower, upper, all"):
+        CaptchaSpec(charset=MIXED, read_classes="digits,greek")
 
 
 def test_predict_reads_only_the_read_charset_from_the_universal_base(tmp_path):

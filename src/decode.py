@@ -24,7 +24,8 @@ def decode_with_confidence(spec: CaptchaSpec, logits: np.ndarray) -> List[Tuple[
     best path's own probability, it does not fall just because a character's edges are
     uncertain or a label is long, so it separates right from wrong reads well (README,
     Prediction). With ``spec.read_charset``, the other characters are never read. With
-    ``spec.read_classes``, the text is the best of one greedy read per pool (:func:`_read_in_pools`).
+    ``spec.read_classes``, the text is the best of one greedy read per pool and the confidence its
+    probability under that prior (:func:`_read_in_pools`).
     """
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 3 or logits.shape[-1] != spec.num_classes:
@@ -35,13 +36,13 @@ def decode_with_confidence(spec: CaptchaSpec, logits: np.ndarray) -> List[Tuple[
         logits = np.where(_outside(spec, spec.read_charset), -np.inf, logits)
     log_probs = logits - _logsumexp(logits)
     if spec.read_classes:
-        coded, log_likelihood = _read_in_pools(spec, log_probs)
+        coded, log_confidence = _read_in_pools(spec, log_probs)
     else:
         coded = _best_paths(log_probs, spec.blank)
-        log_likelihood = ctc_log_likelihood(log_probs, coded, spec.blank)
+        log_confidence = ctc_log_likelihood(log_probs, coded, spec.blank)
     # Folded, the confidence stays that of the case the model read (a lower bound on the text's).
     return [(spec.folded("".join(spec.charset[c] for c in row)), float(np.exp(p)))
-            for row, p in zip(coded, log_likelihood)]
+            for row, p in zip(coded, log_confidence)]
 
 
 def _outside(spec: CaptchaSpec, characters: str) -> np.ndarray:
@@ -62,35 +63,36 @@ def _best_paths(log_probs: np.ndarray, blank: int) -> List[np.ndarray]:
 
 
 def _read_in_pools(spec: CaptchaSpec, log_probs: np.ndarray) -> Tuple[List[np.ndarray], np.ndarray]:
-    """The text of each sample under the prior that it keeps to one of ``spec.class_pools``, and its
-    ``log P(text | image)`` under the model.
+    """The text of each sample under the prior that it keeps to one of ``spec.class_pools``, and the log of
+    its probability under that prior.
 
     The model was trained on texts whose characters are uniform over the ``A`` characters it reads; a
     captcha's text is instead drawn from one pool ``q`` (weight ``w_q``, its share of the entries), so by
-    Bayes a text ``s`` of ``n`` characters gains ``log sum_{q holds s} w_q (A / |q|)^n`` over the model's
-    own score. Each pool's greedy read is a candidate; the best scored wins. Reading only digits then costs
-    a digit read little, while a single ``O`` among digits must be far likelier than ``0`` to stay ``O``.
+    Bayes a text ``s`` of ``n`` characters has ``P(s | image) ~ P_model(s | image) r(s)`` with
+    ``r(s) = sum_{q holds s} w_q (A / |q|)^n``. Each pool's greedy read is a candidate; the best scored
+    wins. ``r`` averages 1 over the training texts, so the normaliser is the candidates' ``P_model r`` plus
+    the model's probability left to other texts, weighed 1. Reading only digits then costs a digit read
+    little, while a single ``O`` among digits must be far likelier than ``0`` to stay ``O``.
     """
     entries = [pool for pool in spec.class_pools if pool]
     reads = len(spec.read_charset or spec.charset)
-    pools = [(np.isin(np.arange(spec.num_classes), [spec.charset.index(c) for c in pool]),
-              entries.count(pool) / len(entries), len(pool)) for pool in dict.fromkeys(entries)]
-    best_rows: List[np.ndarray] = []
-    best_score = best_model = None
+    classes = np.arange(spec.num_classes)
+    pools = [(np.isin(classes, [spec.charset.index(c) for c in pool]), entries.count(pool) / len(entries), len(pool))
+             for pool in dict.fromkeys(entries)]
+    candidates: List[dict] = [{} for _ in range(log_probs.shape[1])]    # per sample: text -> (log P_model, log r)
     for held, _, _ in pools:
-        rows = _best_paths(np.where(held | (np.arange(spec.num_classes) == spec.blank), log_probs, -np.inf), spec.blank)
-        model = ctc_log_likelihood(log_probs, rows, spec.blank)
-        prior = np.array([np.log(sum(weight * (reads / size) ** len(row)
-                                     for mask, weight, size in pools if mask[row].all()))
-                          for row in rows])
-        score = model + prior
-        if best_score is None:
-            best_rows, best_score, best_model = list(rows), score, model
-            continue
-        better = score > best_score
-        best_rows = [new if win else old for new, old, win in zip(rows, best_rows, better)]
-        best_score, best_model = np.where(better, score, best_score), np.where(better, model, best_model)
-    return best_rows, best_model
+        rows = _best_paths(np.where(held | (classes == spec.blank), log_probs, -np.inf), spec.blank)
+        for found, row, model in zip(candidates, rows, ctc_log_likelihood(log_probs, rows, spec.blank)):
+            prior = sum(weight * (reads / size) ** len(row) for mask, weight, size in pools if mask[row].all())
+            found[tuple(int(c) for c in row)] = (float(model), float(np.log(prior)))
+    texts, log_confidence = [], []
+    for found in candidates:
+        text, (model, prior) = max(found.items(), key=lambda item: sum(item[1]))
+        rest = max(0.0, 1.0 - sum(np.exp(m) for m, _ in found.values()))
+        normaliser = sum(np.exp(m + p) for m, p in found.values()) + rest
+        texts.append(np.array(text, dtype=np.int64))
+        log_confidence.append(min(0.0, model + prior - np.log(normaliser)))
+    return texts, np.array(log_confidence)
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 import process_data
 from src.captcha_spec import MAX_CHARSET, SPEC_KEY, CaptchaSpec
 from src.decode import ctc_log_likelihood, decode_with_confidence, greedy_decode
-from conftest import REPO, run_py
+from conftest import REPO, last_error_line, run_py
 
 ALNUM = string.digits + string.ascii_uppercase
 MIXED = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -190,6 +190,11 @@ def test_predict_reads_only_the_read_charset_from_the_universal_base(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("predict.py: error:")
     assert "--read_charset '0123€' holds '€'" in proc.stderr, proc.stderr[-2000:]
+    proc = run_py([os.path.join(REPO, "predict.py"), "--checkpoint_path", ckpt, "--read_classes", "digits,greek",
+                   images])
+    assert proc.returncode == 2
+    assert last_error_line(proc) == ("predict.py: error: --read_classes 'digits,greek': 'greek' is not '+'-joined "
+                                     "class names; the classes are digits, lower, upper, all"), proc.stderr[-2000:]
 
 
 def brute_force_probability(probs, text_classes, blank):

@@ -157,7 +157,13 @@ def test_finetuning_works_out_alphabet_length_and_width_from_the_folder(geometry
     # Real captchas as public sets hold them: 5 lowercase letters and digits, 300x50, named <label>.png.
     charset = "2345678bcdefgmnpwxy"
     render_folder(tmp_path / "mine", 32, ((300, 50),), (5,), charset, seed=4)
-    common = ["--dataset_path", tmp_path / "mine", "--init_checkpoint", base, "--train_steps", "2",
+    # A base that reads with a prior on its texts' classes, as the universal release does: the prior is for
+    # the base's texts, so the new model (trained on the folder's) does not inherit it.
+    proc = run_py([EXPORT, "--checkpoint_path", base, "--file_format", "CKPT", "--file_name", tmp_path / "base",
+                   "--read_classes", "digits,lower,upper,all"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_network(str(tmp_path / "base.ckpt"), Config())[1].read_classes == "digits,lower,upper,all"
+    common = ["--dataset_path", tmp_path / "mine", "--init_checkpoint", tmp_path / "base.ckpt", "--train_steps", "2",
               "--batch_size", "16"]
     proc = run_py([TRAIN, *common, "--save_checkpoint_path", tmp_path / "inferred"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -170,6 +176,7 @@ def test_finetuning_works_out_alphabet_length_and_width_from_the_folder(geometry
     _, spec = load_network(str(tmp_path / "inferred" / "crnn-1_2.ckpt"), Config())
     assert (spec.charset, spec.max_length, spec.width, spec.height) == (alphabet, 5, 192, 32)
     assert (spec.resize, spec.normalization) == ("keep_aspect", "per_image")      # the base's, not the defaults
+    assert spec.read_classes == ""
 
     # An option given wins over what the folder says.
     proc = run_py([TRAIN, *common, "--max_captcha_digits", "7", "--captcha_width", "160", "--save_checkpoint_path",

@@ -98,7 +98,7 @@ def predict_onnxruntime(paths: Sequence[str], checkpoint_path: str, cfg, platfor
                         given: Iterable[str] = ()) -> List[Prediction]:
     """:func:`predict` through the checkpoint's ONNX export, with onnxruntime and numpy: MindSpore is
     imported only the first time a checkpoint is read this way, to export it into ``cfg.onnx_cache``."""
-    from src.captcha_spec import READING_FIELDS
+    from src.captcha_spec import reading_given
     from src.data.images import MAX_KEPT_BYTES, check_images, load_bgr
     from src.serve.onnx_reader import OnnxReader
 
@@ -107,7 +107,7 @@ def predict_onnxruntime(paths: Sequence[str], checkpoint_path: str, cfg, platfor
     given = list(given)
     images = check_images(paths, keep_bytes=MAX_KEPT_BYTES, max_pixels=cfg.max_pixels)
     reader = OnnxReader.for_checkpoint(checkpoint_path, cfg, platform, given,
-                                       reading={name: getattr(cfg, name) for name in READING_FIELDS if name in given})
+                                       reading={name: getattr(cfg, name) for name in reading_given(given)})
     if images is None:                  # too many to keep decoded: read them again, a batch at a time
         images = [load_bgr(path) for path in paths]
     return [Prediction(path, text, confidence) for path, (text, confidence) in zip(paths, reader.read(images))]

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -95,14 +95,15 @@ def render_set(name: str, folder: str, count: int) -> List[Tuple[str, str]]:
     return samples
 
 
-def read_ours(paths: List[str], checkpoint: str, alphabet: str = "", classes: str = "") -> List[str]:
+def read_ours(paths: List[str], checkpoint: str, alphabet: str = "", classes: Optional[str] = None) -> List[str]:
     """The checkpoint's reading of each image, as predict.py's; given ``alphabet``, with --read_charset it,
-    given ``classes``, with --read_classes them."""
+    given ``classes`` (``""`` too), with --read_classes them."""
     from predict import predict
     from src.config import Config
 
-    given = (("read_charset",) if alphabet else ()) + (("read_classes",) if classes else ())
-    return [result.text for result in predict(paths, checkpoint, Config(read_charset=alphabet, read_classes=classes),
+    given = (("read_charset",) if alphabet else ()) + (("read_classes",) if classes is not None else ())
+    return [result.text for result in predict(paths, checkpoint, Config(read_charset=alphabet,
+                                                                        read_classes=classes or ""),
                                               given=given, quiet=True)]
 
 
@@ -136,9 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--told_alphabet", action="store_true",
                         help="tell both readers each set's alphabet: ours by --read_charset, ddddocr by masking its "
                              "classes to it before decoding (what a user who knows the captcha's characters does)")
-    parser.add_argument("--read_classes", default="",
+    parser.add_argument("--read_classes", default=None,
                         help="our reader's --read_classes (the same for every set, so still zero-shot), e.g. "
-                             "digits,lower,upper,lower+digits,upper+digits,all; ddddocr's reading is unchanged")
+                             "digits,lower,upper,lower+digits,upper+digits,all, or '' for none; default: the "
+                             "checkpoint's own. ddddocr's reading is unchanged")
     args = parser.parse_args(argv)
     try:
         names = [n.strip() for n in args.sets.split(",") if n.strip()]
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--ddddocr_python {args.ddddocr_python}: not an executable")
         work = args.work_dir or tempfile.mkdtemp(prefix="bench_universal_")
         told = "each set's alphabet told to both readers" if args.told_alphabet else "no alphabet told (zero-shot)"
-        classes = f"; ours with --read_classes {args.read_classes}" if args.read_classes else ""
+        classes = f"; ours with --read_classes {args.read_classes!r}" if args.read_classes is not None else ""
         print(f"cpu: {cpu_model()}\ncheckpoint: {args.checkpoint_path}\n{args.count} captchas per set; {told}{classes}",
               flush=True)
         print(f"{'set':16} {'ours exact':>10} {'ours folded':>11} {'ddddocr exact':>13} {'ddddocr folded':>14}")

@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from functools import cached_property
 from dataclasses import asdict, dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
@@ -40,6 +40,18 @@ MAX_CHARSET = 1000
 # Spec fields that say how texts are read, not what the network was trained on: an explicit option wins
 # over the checkpoint's value instead of contradicting it.
 READING_FIELDS = ("ignore_case", "read_charset", "read_classes")
+
+
+def reading_given(given: Iterable[str]) -> Tuple[str, ...]:
+    """The reading fields a run sets itself, of the options it was ``given``: those given, and
+    ``read_classes`` along with ``read_charset``: told the alphabet, a checkpoint's prior for captchas of an
+    unknown one no longer applies (it is off unless given too)."""
+    given = set(given)
+    if "read_charset" in given:
+        given.add("read_classes")
+    return tuple(name for name in READING_FIELDS if name in given)
+
+
 # Classes of characters, for labels that keep to part of an alphabet: --label_classes draws training labels
 # from them, --read_classes reads with the prior that a captcha's text keeps to one of them.
 CHARACTER_CLASSES = {"digits": str.isdigit, "lower": str.islower, "upper": str.isupper,

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Dict, Iterable, Mapping
 
-from src.captcha_spec import READING_FIELDS, SPEC_KEY, CaptchaSpec
+from src.captcha_spec import READING_FIELDS, SPEC_KEY, CaptchaSpec, reading_given
 from src.checkpoint.files import load_into, read_checkpoint
 from src.models import architecture, architecture_fields, build_model, family_names, foreign_options, get_family
 
@@ -115,8 +115,8 @@ def resolve_model(path: str, params: Mapping, cfg, given: Iterable[str] = (),
     conflict = model_conflict(stored, cfg, given, explicit)
     if conflict:
         raise ValueError(f"checkpoint {path}: {conflict}; {hint}")
-    cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items()
-                                      if not (name in READING_FIELDS and name in set(given))})
+    own = reading_given(given)
+    cfg = dataclasses.replace(cfg, **{name: value for name, value in stored.items() if name not in own})
     return cfg, CaptchaSpec.from_config(cfg)
 
 

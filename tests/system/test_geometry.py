@@ -163,6 +163,9 @@ def test_finetuning_works_out_alphabet_length_and_width_from_the_folder(geometry
                    "--read_classes", "digits,lower,upper,all"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert load_network(str(tmp_path / "base.ckpt"), Config())[1].read_classes == "digits,lower,upper,all"
+    # Told the alphabet, the prior for captchas of an unknown one is off unless given too.
+    _, told = load_network(str(tmp_path / "base.ckpt"), Config(read_charset="0123"), given=["read_charset"])
+    assert (told.read_charset, told.read_classes) == ("0123", "")
     common = ["--dataset_path", tmp_path / "mine", "--init_checkpoint", tmp_path / "base.ckpt", "--train_steps", "2",
               "--batch_size", "16"]
     proc = run_py([TRAIN, *common, "--save_checkpoint_path", tmp_path / "inferred"], cwd=tmp_path)

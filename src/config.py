@@ -56,7 +56,7 @@ class ModelSection:
     read_classes: str = field(default="", metadata={
         "help": "read each text as one of these pools of characters, comma-separated '+'-joined classes (digits, "
                 "lower, upper, all), e.g. digits,lower,upper,lower+digits,upper+digits,all: real captchas keep to one "
-                "class, so a glyph's case or class is taken from its neighbours (README, Reading unknown captchas); "
+                "class, so a glyph's case or class is taken from its neighbours (docs/reading.md, Reading options); "
                 "empty: off. Like --read_charset, eval, predict and serve may set it for any checkpoint"})
     network: str = field(default="warpctc", metadata={
         "help": "the network family: " + "; ".join(f"{f.name} ({f.summary})" for f in (get_family(n) for n in family_names()))})

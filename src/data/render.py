@@ -98,12 +98,11 @@ def _seeded(rng: random.Random) -> Iterator[None]:
         _SECRETS._local.rng = None
 
 
-# Character classes of --label_classes: name -> which characters of the alphabet it holds.
 def sample_label(rng: random.Random, spec: CaptchaSpec, pools: Sequence[str] = ()) -> str:
     """A label of MIN_LENGTH..max_length characters, length uniform, characters uniform from the alphabet
-    or, with ``pools`` (``src.captcha_spec.character_pools``), from one pool drawn per label: real captchas mostly keep to
-    one class (digits only, lower case only, ...), and a label that does lets a reader take a glyph's
-    case or class from its neighbours."""
+    or, with ``pools`` (``src.captcha_spec.character_pools``), from one pool drawn per label: real
+    captchas mostly keep to one class (digits only, lower case only, ...), and a label that does lets a
+    reader take a glyph's case or class from its neighbours."""
     length = rng.randint(MIN_LENGTH, spec.max_length)
     alphabet = pools[rng.randrange(len(pools))] if pools else spec.charset
     # One randrange per character: for the digits these are the draws every earlier release made,

@@ -5,7 +5,9 @@ same network, in one run.
 
 The adaptation is ``configs/adapt.yaml``'s (or ``--config_path``'s) on a labelled folder (by default
 1,000 captchas of the held-out ``ink`` style, drawn into a temporary folder): each epoch every
-labelled image once, augmented anew, plus 250 captchas rendered on the fly, trained through
+labelled image once, augmented anew, plus the captchas the config renders on the fly (none in
+adapt.yaml since 2026-12-08; docs/adapting.md's figures ran with ``--synthetic_images 250
+--batch_size 64``, the recipe before), trained through
 ``Model.train`` as train.py does, epoch boundaries included. The bare step is the same training cell
 on one fixed in-memory batch (as bench/bench_train_step.py times it), timed before and after the
 adaptation so that a change in the machine's load shows. Printed per network: both s/step, the

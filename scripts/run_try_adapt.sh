@@ -3,7 +3,7 @@
 # no release was trained on (5 lower-case letters and digits at 200x50, in DejaVu Serif, which the
 # universal base never saw), read them zero-shot, adapt the universal base to them with the README's
 # command, and read 200 more with the adapted checkpoint.
-# Usage: bash run_try_adapt.sh [STEPS]   (default 300: about 5 min on 2 cores; configs/adapt.yaml's 900 do better)
+# Usage: bash run_try_adapt.sh [STEPS]   (default 500: about 7 min on 2 cores; configs/adapt.yaml's 1,000 do better)
 #   Works in $WARPCTC_RUN_DIR (default <repo>/runs/try_adapt); a second run there starts afresh.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -11,7 +11,7 @@ if [[ $# -gt 1 ]]; then
     echo "Usage: bash $(basename "$0") [STEPS]" >&2
     exit 2
 fi
-steps="${1:-300}"
+steps="${1:-500}"
 [[ "$steps" =~ ^[1-9][0-9]*$ ]] || die "STEPS must be a positive whole number, got '$steps'"
 base="$REPO_DIR/pretrained/crnn_universal.ckpt"
 alphabet=0123456789abcdefghijklmnopqrstuvwxyz

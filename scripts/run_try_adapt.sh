@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Adaptation in one command, on nothing but this repository: render 250 labelled captchas of a style
-# no release was trained on (5 lower-case letters and digits at 200x50, in DejaVu Serif, which the
+# no release was trained on (1-5 lower-case letters and digits, 50 pixels high, in DejaVu Serif, which the
 # universal base never saw), read them zero-shot, adapt the universal base to them with the README's
 # command, and read 200 more with the adapted checkpoint.
 # Usage: bash run_try_adapt.sh [STEPS]   (default 500: about 7 min on 2 cores; configs/adapt.yaml's 1,000 do better)

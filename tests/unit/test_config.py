@@ -146,8 +146,8 @@ SHIPPED = sorted(["original.yaml", "cpu_fast.yaml", "cpu_60min.yaml", "cpu_5ep.y
                                  image_wave=2.0, image_blur=0.6, color_jitter=0.3)),
     ("adapt.yaml", dict(charset="0123456789", normalization="per_image", synthetic_images=0, augment_folder=True,
                         optimizer="adam", learning_rate=0.0015, lr_schedule="cosine", warmup_steps=50,
-                        train_steps=1000, batch_size=32, image_rotation=3.0, image_shear=0.15, image_wave=2.0, image_blur=0.6,
-                        color_jitter=0.3)),
+                        train_steps=1000, batch_size=32, image_rotation=3.0, image_shear=0.15, image_wave=2.0,
+                        image_blur=0.6, color_jitter=0.3)),
 ])
 def test_shipped_configs_give_their_documented_recipe(name, expected):
     assert sorted(n for n in os.listdir(os.path.join(REPO, "configs"))
